@@ -75,10 +75,14 @@ class CifarArrays:
 # Restricted unpickling of the official batches
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a callable outside the allow-list: possibly code execution."""
+
+
 def _latin1_encode(text, encoding="latin1"):
     # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
     if encoding != "latin1":
-        raise pickle.UnpicklingError(f"refused codec {encoding!r} in pickle")
+        raise RefusedGlobal(f"refused codec {encoding!r} in pickle")
     return codecs.encode(text, "latin1")
 
 
@@ -105,7 +109,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _latin1_encode
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        raise RefusedGlobal(f"refused global {module}.{name}")
 
 
 def load_batch_file(path: Path) -> dict:
@@ -113,9 +117,9 @@ def load_batch_file(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
             obj = RestrictedUnpickler(fh, encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
-        raise UserError(f"{path}: unsafe or corrupt pickle refused ({exc})") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
+    except RefusedGlobal as exc:
+        raise UserError(f"{path}: unsafe pickle refused ({exc}); only containers and numpy arrays are loaded") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
         raise UserError(f"{path}: corrupt CIFAR-10 batch file ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict in the pickle, found {type(obj).__name__}")
@@ -250,7 +254,7 @@ def make_synthetic(n_train: int = 5000, n_test: int = 1000, seed: int = 0) -> Ci
 
     def draw(n):
         labels = rng.integers(0, len(CLASSES), size=n)
-        noise = rng.normal(0, 0.8, size=(n, 32, 32, 3))
+        noise = rng.normal(0, 0.6, size=(n, 32, 32, 3))
         images = 128 + 48 * (templates[labels] + noise)
         return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
 

@@ -1,0 +1,104 @@
+"""Device, precision and the pieces of the CUDA path, kept behind ``device.type == "cuda"``
+so a CPU run never touches CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if requested not in ("cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, not {requested!r}")
+    return torch.device(requested)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """auto = fp16 + GradScaler on CUDA, bf16 on a CPU with native bf16, else fp32."""
+    if requested not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")
+    if requested == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs CUDA; on a CPU use bf16 (or fp32)")
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this GPU has no bf16 support; use fp16")
+    return requested
+
+
+@dataclass
+class Precision:
+    """Autocast context and gradient scaler for one (device, precision) pair."""
+
+    device: torch.device
+    name: str
+
+    def __post_init__(self):
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range
+        self.scaler = torch.amp.GradScaler("cuda") if self.name == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler:
+            self.scaler.step(optimizer)  # skips the step if the scaled grads overflowed
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+
+class PhaseTimer:
+    """Accumulates wall time per named phase.
+
+    On CUDA the clock is read only after ``torch.cuda.synchronize()``: kernels run
+    asynchronously, so without it time would land in whichever phase next waits on the GPU.
+    """
+
+    def __init__(self, device: torch.device):
+        self._sync = torch.cuda.synchronize if device.type == "cuda" else None
+        self.totals: dict[str, float] = defaultdict(float)
+
+    def now(self) -> float:
+        if self._sync:
+            self._sync()
+        return time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        start = self.now()
+        try:
+            yield
+        finally:
+            self.totals[name] += self.now() - start
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.totals)

@@ -1,0 +1,40 @@
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def write_fake_cifar(root: Path, per_batch: int = 20, protocol: int = 2, seed: int = 0) -> Path:
+    """The official python layout (cifar-10-batches-py/) with tiny random batches."""
+    rng = np.random.default_rng(seed)
+    out = root / "cifar-10-batches-py"
+    out.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {
+            "batch_label": name,
+            "data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+            "labels": [int(v) for v in rng.integers(0, 10, size=per_batch)],
+            "filenames": [f"img{i}.png" for i in range(per_batch)],
+        }
+        with open(out / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=protocol)
+    with open(out / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
+                                     "frog", "horse", "ship", "truck"]}, fh, protocol=protocol)
+    return out
+
+
+@pytest.fixture
+def fake_cifar(tmp_path):
+    return write_fake_cifar(tmp_path / "src")
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("REPRO_CACHE", str(d))
+    return d
