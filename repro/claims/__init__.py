@@ -1,0 +1,68 @@
+"""Audit of the checkable claims in five LLM transcripts of the homework (``python -m repro.claims``).
+
+``select`` picks registry entries by id; ``check`` runs one entry's checker and never raises:
+a checker that fails reports verdict "n.a." with the error, so one broken check cannot hide
+the others.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import time
+from dataclasses import dataclass
+
+from .checkers.common import NA, Context, Finding
+from .registry import CLAIMS, Claim
+
+
+@dataclass
+class Result:
+    claim: Claim
+    finding: Finding
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.claim.id,
+            "catalogue_id": self.claim.catalogue_id,
+            "assistant": self.claim.assistant,
+            "transcript": self.claim.transcript,
+            "quote": self.claim.quote,
+            "claimed": self.claim.claimed,
+            "measured": self.finding.measured,
+            "verdict": self.finding.verdict,
+            "evidence": self.finding.evidence,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def select(only: str | None) -> list[Claim]:
+    """Claims whose id is `only`, starts with `only/`, or (failing both) starts with `only`."""
+    if not only:
+        return list(CLAIMS)
+    exact = [c for c in CLAIMS if c.id == only or c.id.startswith(only + "/")]
+    return exact or [c for c in CLAIMS if c.id.startswith(only)]
+
+
+def close_matches(only: str) -> list[str]:
+    ids = sorted({c.id for c in CLAIMS} | {c.catalogue_id for c in CLAIMS})
+    near = difflib.get_close_matches(only, ids, n=5, cutoff=0.5)
+    return near or [i for i in ids if i.split("-")[0] == only.split("-")[0]][:8]
+
+
+def resolve(spec: str):
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(f"{__name__}.checkers.{module}"), name)
+
+
+def check(claim: Claim, ctx: Context) -> Result:
+    start = time.perf_counter()
+    if claim.not_checkable:
+        finding = Finding("—", NA, claim.not_checkable)
+    else:
+        try:
+            finding = resolve(claim.checker)(claim, ctx)
+        except Exception as exc:  # noqa: BLE001 (reported in the table, not swallowed)
+            finding = Finding("—", NA, f"checker failed: {type(exc).__name__}: {exc}")
+    return Result(claim, finding, time.perf_counter() - start)
