@@ -72,7 +72,7 @@ def ladder_evidence(ctx) -> tuple[dict | None, str]:
     """The ladder to quote and a sentence on what it can show."""
     ladder = best_ladder(ok_records(ctx.log_dir))
     if ladder is None:
-        return None, f"no complete ok ladder in {ctx.log_dir}/runs.jsonl; run: {RUN_COMMAND}"
+        return None, f"no complete ok ladder in {ctx.log_dir}; run: {RUN_COMMAND}"
     if not all(is_real(r) for r in ladder.values()):
         return ladder, (f"{describe_ladder(ladder)} — smoke/synthetic: evidence of the pipeline only; "
                         f"for real timings run: {RUN_COMMAND}")
@@ -118,7 +118,7 @@ def duplicate_bn_relu_saving(claim, ctx) -> Finding:
                 "(the kink 'shouldn't impact training time')")
     if ladder is not None:
         saving = _stage_saving(ladder, "baseline", "simplified")
-        measured += f"; measured baseline→simplified {saving:+.1f} s ({saving / ladder['baseline']['total_seconds']:+.1%})"
+        measured += f"; measured baseline→simplified {-saving:+.1f} s ({-saving / ladder['baseline']['total_seconds']:+.1%})"
     return Finding(measured, PARTLY, "true in direction, but one of two changes credited; " + evidence)
 
 
