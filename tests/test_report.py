@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import pytest
+
+from repro.report import main
+
+FIXTURE = Path(__file__).parent / "fixtures" / "runs_small.jsonl"
+
+
+def test_report_from_fixture(tmp_path):
+    assert main(["--log-dir", str(FIXTURE), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| baseline | 410.0 | 1.000 | 356 | 1.000 | 0.9330 |" in md
+    assert "| final | 340.0 | 0.829 | 297 | 0.834 | 0.9430 |" in md
+    assert "| cpu | final | 2 | 335.0 ± 7.1 | 0.9420 ± 0.0014 | 2/2 |" in md
+    assert "341 s" in md and "loss vs optimal_loss" in md
+    assert "broken" not in md  # the interrupted record is ignored
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in md
+    else:
+        assert (tmp_path / "stage_ratios.png").stat().st_size > 1000
+        assert (tmp_path / "accuracy_vs_time.png").exists()
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+def test_empty_log_is_clear_error(tmp_path, capsys):
+    assert main(["--log-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "python -m repro.resnet --stage all" in err and "Traceback" not in err
