@@ -1,0 +1,136 @@
+"""python -m repro.resnet end to end on synthetic data under the smoke preset."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from repro import resnet
+from repro.config import load_preset, load_stage
+from repro.data import make_synthetic
+from repro.runlog import read_records
+from repro.train import RunProgress, train_stage
+
+SMOKE = ["--preset", "smoke", "--data", "synthetic", "--quiet", "--precision", "fp32"]
+
+
+def _records(log_dir):
+    return read_records(log_dir / "runs.jsonl")
+
+
+def test_all_stages_run_and_are_logged(tmp_path, capsys):
+    assert resnet.main(["--stage", "all", *SMOKE, "--log-dir", str(tmp_path)]) == 0
+    recs = _records(tmp_path)
+    assert [r["stage"] for r in recs] == ["baseline", "simplified", "preprocessed", "bulk_rng", "final"]
+    assert len({r["group_id"] for r in recs}) == 1
+    for r in recs:
+        assert r["status"] == "ok" and r["experiment"] == "resnet" and r["preset"] == "smoke"
+        assert r["synthetic"] is True and "SYNTHETIC" in r["data_source"]
+        assert set(r["phases"]) == {"data_wait", "forward_backward", "optimizer_step", "evaluation"}
+        assert len(r["epochs"]) == 2 and r["train_images"] == 512
+        # the epoch wall times make up the total, and phases fit inside it
+        assert r["total_seconds"] == pytest.approx(sum(e["seconds"] for e in r["epochs"]))
+        assert sum(r["phases"].values()) <= r["total_seconds"] * 1.01
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+        for key in ("seed", "device", "precision", "torch_version", "git_commit", "hardware", "blog_seconds"):
+            assert key in r
+    by_stage = {r["stage"]: r for r in recs}
+    # bulk RNG: 2 draws per epoch; per-sample RNG on the main thread would be 2 per image
+    assert [e["rng_calls"] for e in by_stage["final"]["epochs"]] == [2, 2]
+    assert by_stage["baseline"]["epochs"][0]["rng_calls"] is None  # drawn inside worker processes
+    assert by_stage["baseline"]["config"]["loader"]["workers"] == 4
+    assert by_stage["baseline"]["blog_seconds"] == 356 and by_stage["final"]["blog_seconds"] == 297
+    out = capsys.readouterr().out
+    assert "preset smoke (requested)" in out and "SYNTHETIC" in out
+    for stage, blog in (("baseline", "356"), ("final", "297")):
+        assert stage in out and blog in out
+    assert "0.834" in out  # blog ratio final/baseline = 297/356
+
+
+def _train(stage="final", seed=0, epochs=2):
+    preset = load_preset("smoke")
+    preset = type(preset)(**{**preset.__dict__, "epochs": epochs})
+    data = make_synthetic(512, 128, seed=0)
+    progress = RunProgress()
+    train_stage(load_stage(stage), preset, data, device=torch.device("cpu"), precision="fp32",
+                channels_last=False, seed=seed, progress=progress)
+    return progress
+
+
+def test_same_seed_same_losses_and_loss_decreases():
+    a, b = _train(seed=3), _train(seed=3)
+    assert a.step_losses == b.step_losses
+    c = _train(seed=4)
+    assert c.step_losses != a.step_losses
+    losses = np.array(a.step_losses)
+    assert losses[-4:].mean() < losses[:4].mean() - 0.2  # it learns the synthetic signal
+
+
+def test_per_sample_rng_counts_two_draws_per_image():
+    stage = load_stage("preprocessed")
+    stage = type(stage)(**{**stage.__dict__, "loader": type(stage.loader)("once", "per_sample", 0)})
+    preset = load_preset("smoke")
+    progress = RunProgress()
+    train_stage(stage, preset, make_synthetic(300, 50), device=torch.device("cpu"), precision="fp32",
+                channels_last=False, seed=0, progress=progress)
+    assert [e["rng_calls"] for e in progress.epochs] == [600, 600]
+
+
+def test_nan_loss_fails_with_step_number(tmp_path, capsys):
+    cfg = tmp_path / "explode.toml"
+    cfg.write_text('extends = "final"\n[schedule]\nknots = [0, 35]\nlrs = [1e12, 1e12]\n')
+    code = resnet.main(["--stage", str(cfg), *SMOKE, "--log-dir", str(tmp_path)])
+    assert code == 2
+    (rec,) = _records(tmp_path)
+    assert rec["status"] == "failed" and isinstance(rec["failed_step"], int)
+    assert f"at step {rec['failed_step']}" in rec["error"]
+    assert "written as failed" in capsys.readouterr().err
+
+
+def test_ctrl_c_writes_an_interrupted_record(tmp_path, monkeypatch):
+    def interrupted(*args, progress, on_epoch, **kwargs):
+        progress.epochs.append({"epoch": 1, "test_accuracy": 0.1, "seconds": 1.0})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resnet, "train_stage", interrupted)
+    assert resnet.main(["--stage", "all", *SMOKE, "--log-dir", str(tmp_path)]) == 130
+    (rec,) = _records(tmp_path)  # the ladder stops at the first interrupted stage
+    assert rec["status"] == "interrupted" and rec["stage"] == "baseline" and len(rec["epochs"]) == 1
+
+
+def test_several_runs_give_mean_and_std(tmp_path, capsys):
+    assert resnet.main(["--stage", "final", *SMOKE, "--runs", "2", "--seed", "7", "--log-dir", str(tmp_path)]) == 0
+    recs = _records(tmp_path)
+    assert [r["seed"] for r in recs] == [7, 8]
+    assert "±" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stage", "turbo"], "unknown stage 'turbo'; valid stages: baseline, simplified, preprocessed, bulk_rng, final, all"),
+    (["--data", "/nonexistent/cifar"], "no such file or directory"),
+    (["--preset", "huge"], "unknown preset 'huge'; valid presets: auto, full, cpu, smoke"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 needs CUDA"),
+    (["--runs", "0"], "--runs must be at least 1"),
+])
+def test_bad_input_is_one_line_and_writes_no_ok_record(tmp_path, capsys, argv, message):
+    args = ["--preset", "smoke", "--data", "synthetic", "--quiet", "--log-dir", str(tmp_path)]
+    assert resnet.main(args + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert not [r for r in _records(tmp_path) if r["status"] == "ok"]
+
+
+def test_unknown_key_in_custom_stage_file(tmp_path, capsys):
+    cfg = tmp_path / "typo.toml"
+    cfg.write_text('extends = "final"\n[optimizer]\nlearning_rate = 0.4\n')
+    assert resnet.main(["--stage", str(cfg), *SMOKE, "--log-dir", str(tmp_path)]) == 2
+    assert "unknown config key optimizer.learning_rate" in capsys.readouterr().err
+    assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_log_lines_are_complete_json(tmp_path):
+    resnet.main(["--stage", "final", *SMOKE, "--log-dir", str(tmp_path)])
+    resnet.main(["--stage", "final", *SMOKE, "--log-dir", str(tmp_path)])
+    lines = (tmp_path / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["status"] == "ok" for line in lines)

@@ -1,0 +1,164 @@
+"""The five stages differ in exactly the keys the blog changes, and each difference is real."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from repro.config import STAGE_ORDER, available_stages, load_preset, load_stage
+from repro.errors import UserError
+from repro.loaders import AugmentedTrainSet, Crop, FlipLR, TrainBatches, normalise_pad_transpose
+from repro.nets import build_net
+from repro.train import build_stage_net
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+EXPECTED_CHANGES = {
+    ("baseline", "simplified"): {"net.duplicate_bn_relu", "schedule.knots", "schedule.lrs"},
+    ("simplified", "preprocessed"): {"loader.preprocess", "loader.workers"},
+    ("preprocessed", "bulk_rng"): {"loader.rng"},
+    ("bulk_rng", "final"): {"loader.workers"},
+}
+
+
+def test_stage_list_is_the_post1_ladder():
+    assert available_stages() == list(STAGE_ORDER)
+
+
+@pytest.mark.parametrize("pair", list(EXPECTED_CHANGES))
+def test_adjacent_stages_differ_only_in_their_keys(pair):
+    a, b = (_flat(load_stage(s).as_dict()) for s in pair)
+    changed = {k for k in a if a[k] != b[k] and not k.startswith(("blog.", "name", "description"))}
+    assert changed == EXPECTED_CHANGES[pair]
+
+
+def test_loader_settings_per_stage():
+    got = {s: dataclasses.astuple(load_stage(s).loader) for s in STAGE_ORDER}
+    assert got == {
+        "baseline": ("per_sample", "per_sample", 4),
+        "simplified": ("per_sample", "per_sample", 4),
+        "preprocessed": ("once", "per_sample", 1),
+        "bulk_rng": ("once", "bulk", 1),
+        "final": ("once", "bulk", 0),
+    }
+
+
+def test_lr_kink_only_in_baseline():
+    base, simple = load_stage("baseline").schedule, load_stage("simplified").schedule
+    for epochs in (35, 10):  # the kink keeps its place when the schedule is rescaled
+        at = 15 * epochs / 35
+        assert base.lr_at(at - 1e-6, epochs) == pytest.approx(0.1, abs=1e-6)
+        assert base.lr_at(at, epochs) == pytest.approx(0.105)
+        assert simple.lr_at(at, epochs) == pytest.approx(0.1)
+        assert simple.lr_at(at + 1e-6, epochs) < 0.1
+    assert base.lr_at(30, 35) == pytest.approx(0.005) and base.lr_at(35, 35) == 0.0
+    assert simple.lr_at(7.5, 35) == pytest.approx(0.05) and simple.lr_at(32.5, 35) == pytest.approx(0.0025)
+
+
+def test_duplicate_bn_relu_only_in_baseline():
+    preset = load_preset("smoke")
+    base = build_stage_net(load_stage("baseline"), preset)
+    simple = build_stage_net(load_stage("simplified"), preset)
+    assert [type(m).__name__ for m in base.prep] == ["Conv2d", "BatchNorm2d", "ReLU"]
+    assert [type(m).__name__ for m in simple.prep] == ["Conv2d"]
+    # the first block opens with its own BN-ReLU in both
+    assert type(base.blocks[0].pre[0]).__name__ == "BatchNorm2d"
+    n_base = sum(p.numel() for p in base.parameters())
+    assert n_base - sum(p.numel() for p in simple.parameters()) == 2 * preset_width0(preset)
+
+
+def preset_width0(preset):
+    return 64 // preset.width_divisor
+
+
+def test_full_width_net_matches_the_blog():
+    net = build_net(width_divisor=1)
+    widths = [b.conv2.out_channels for b in net.blocks]
+    assert widths == [64, 64, 128, 128, 256, 256, 256, 256]
+    assert net.linear.in_features == 512 and net.linear.bias is not None
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+
+
+def _images(n=40, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_rng_calls_per_epoch_bulk_vs_per_sample():
+    imgs, labels = _images(), np.arange(40) % 10
+    per_sample = TrainBatches(imgs, labels, preprocess="once", rng="per_sample", workers=0, batch_size=8, seed=0)
+    bulk = TrainBatches(imgs, labels, preprocess="once", rng="bulk", workers=0, batch_size=8, seed=0)
+    for batches in (per_sample, bulk):
+        shapes = [tuple(x.shape) for x, _ in batches]
+        assert shapes == [(8, 3, 32, 32)] * 5
+    assert per_sample.dataset.rng.calls == 2 * 40  # crop + flip for every image
+    assert bulk.dataset.rng.calls == 2  # one call per augmentation per epoch
+    list(bulk)
+    assert bulk.dataset.rng.calls == 4
+
+
+def test_preprocessing_once_or_per_sample_gives_the_same_images():
+    imgs, labels = _images(), np.zeros(40, dtype=np.int64)
+    once = AugmentedTrainSet(imgs, labels, "once", "bulk", seed=1)
+    each = AugmentedTrainSet(imgs, labels, "per_sample", "bulk", seed=1)
+    once.set_random_choices()
+    each.set_random_choices()
+    np.testing.assert_array_equal(once.choices[0], each.choices[0])
+    for i in range(0, 40, 7):
+        torch.testing.assert_close(once[i][0], each[i][0])
+
+
+def test_crop_and_flip_are_what_they_say():
+    x = normalise_pad_transpose(_images(1))[0]  # (3, 40, 40)
+    crop = Crop(32).apply(x, (3, 5))
+    np.testing.assert_array_equal(crop, x[:, 3:35, 5:37])
+    np.testing.assert_array_equal(FlipLR().apply(crop, True), crop[:, :, ::-1])
+    offsets = Crop(32).draw(AugmentedTrainSet(_images(), np.zeros(40), "once", "bulk", 0).rng, 5000, 40)
+    assert offsets.min() == 0 and offsets.max() == 8  # all 9 x 9 positions reachable
+
+
+def test_reflect_padding_mirrors_the_border():
+    img = _images(1)
+    padded = normalise_pad_transpose(img)[0]
+    # reflect (not edge): padded column 3 equals original column 1
+    np.testing.assert_array_equal(padded[:, 4:36, 3], padded[:, 4:36, 5])
+
+
+def test_workers_are_used_as_configured():
+    imgs, labels = _images(64), np.arange(64) % 10
+    loader = TrainBatches(imgs, labels, preprocess="per_sample", rng="per_sample", workers=2, batch_size=16, seed=0)
+    assert loader.loader.num_workers == 2 and not loader.loader.persistent_workers
+    seen = torch.cat([y for _, y in loader])
+    assert sorted(seen.tolist()) == sorted(labels.tolist())
+
+
+def test_unknown_stage_lists_valid_ones():
+    with pytest.raises(UserError, match="unknown stage 'fastest'; valid stages: baseline, simplified, preprocessed, bulk_rng, final"):
+        load_stage("fastest")
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    bad = tmp_path / "mine.toml"
+    bad.write_text('extends = "final"\n[loader]\nworkerz = 2\n')
+    with pytest.raises(UserError, match=r"unknown config key loader\.workerz; valid keys here: loader\.preprocess"):
+        load_stage(str(bad))
+
+
+def test_bad_config_values(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "final"\n[loader]\nrng = "sometimes"\n')
+    with pytest.raises(UserError, match="loader.rng must be one of per_sample, bulk"):
+        load_stage(str(bad))
+    bad.write_text('extends = "final"\n[schedule]\nknots = [0, 10]\nlrs = [0, 1, 0]\n')
+    with pytest.raises(UserError, match="same length"):
+        load_stage(str(bad))
