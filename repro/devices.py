@@ -16,11 +16,20 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def cpu_supports_bf16() -> bool:
-    """True where oneDNN has native bf16 kernels (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    """True only where the CPU computes bf16 natively (AVX512-BF16 or AMX on x86, BF16 on Arm).
+
+    oneDNN also runs bf16 on plain AVX-512 by emulation, which is slower than fp32, so its
+    own "supported" flag is not the question to ask.
+    """
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        text = open("/proc/cpuinfo").read()
+    except OSError:
         return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -60,7 +60,7 @@ def choose_preset(requested: str, device: torch.device) -> tuple[str, str]:
     if requested == "auto":
         if device.type == "cuda":
             return "full", "auto: CUDA device found, so the blog's full sizes"
-        return "cpu", ("auto: no CUDA device, so a CPU-sized run (quarter widths, 20k images, 10 epochs); "
+        return "cpu", ("auto: no CUDA device, so a CPU-sized run (quarter widths, 10k images, 10 epochs); "
                        "--preset full runs the blog's sizes, which take hours on a CPU")
     if requested not in PRESETS:
         raise UserError(f"unknown preset {requested!r}; valid presets: auto, {', '.join(PRESETS)}")
