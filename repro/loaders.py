@@ -16,6 +16,8 @@ Augmentations are tiny immutable objects with ``draw`` (random choices for n ima
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +119,14 @@ def _seed_worker(worker_id: int) -> None:
     info.dataset.rng = CountingRNG(torch.initial_seed() % 2**32)
 
 
+@contextlib.contextmanager
+def _allow_more_workers_than_cores():
+    """The baseline asks for more workers than a small machine has cores, on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        yield
+
+
 class TrainBatches:
     """Iterable of (images, labels) batches for one stage's loader settings."""
 
@@ -124,12 +134,13 @@ class TrainBatches:
                  seed: int, pin_memory: bool = False):
         self.dataset = AugmentedTrainSet(images, labels, preprocess, rng, seed)
         self.workers = workers
-        self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-            pin_memory=pin_memory, drop_last=False, persistent_workers=False,
-            generator=torch.Generator().manual_seed(seed),
-            worker_init_fn=_seed_worker if workers > 0 else None,
-        )
+        with _allow_more_workers_than_cores():
+            self.loader = torch.utils.data.DataLoader(
+                self.dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                pin_memory=pin_memory, drop_last=False, persistent_workers=False,
+                generator=torch.Generator().manual_seed(seed),
+                worker_init_fn=_seed_worker if workers > 0 else None,
+            )
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -137,7 +148,8 @@ class TrainBatches:
     def __iter__(self):
         if self.dataset.rng_mode == "bulk":
             self.dataset.set_random_choices()
-        return iter(self.loader)
+        with _allow_more_workers_than_cores():
+            return iter(self.loader)
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
