@@ -39,7 +39,8 @@ def parse_args(argv):
                    help="default sweep as lam/s_k (default 1e-3,0.01,0.1)")
     p.add_argument("--lr", type=float, default=None, help="torch SGD lr (default: 0.9 of the GD stability bound)")
     p.add_argument("--steps", type=int, default=None, help="steps per lam>0 run (default: enough for the balance mode)")
-    p.add_argument("--max-steps", type=int, default=60_000, help="cap on the automatic step count")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="cap on the automatic step count (default 30000 * 10^4/(m n), at least 1000)")
     p.add_argument("--batch-size", type=int, default=50, help="batch of the minibatch (noise-floor) run; 0 skips it")
     p.add_argument("--trainer", choices=TRAINERS, default="plain")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
@@ -170,7 +171,8 @@ def _run(args, data, s, lams, say) -> int:
 
     X, m, k = data.X, data.m, args.k
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
-    settings = experiment.Settings(k=k, lams=tuple(lams), lr=args.lr, steps=args.steps, max_steps=args.max_steps,
+    settings = experiment.Settings(k=k, lams=tuple(lams), default_sweep=args.lam is None and args.lams is None,
+                                   lr=args.lr, steps=args.steps, max_steps=args.max_steps,
                                    batch_size=args.batch_size, seed=args.seed, dtype=dtype, trainer=args.trainer,
                                    log_dir=args.log_dir)
     say(f"data: {data.description}; m={m}, n={data.n}; centred (mean point subtracted)")

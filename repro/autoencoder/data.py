@@ -35,13 +35,13 @@ def centre(X: np.ndarray) -> np.ndarray:
 
 
 def default_spectrum(m: int, k: int) -> np.ndarray:
-    """Distinct eigenvalues: the top k evenly from 1.5 down to 1, then a gap to a tail 0.5 .. 0.05.
+    """Distinct eigenvalues: the top k evenly from 1.5 down to 1, then a gap to a tail 0.5 .. 0.2.
 
     A small s_1/s_k keeps the GD step (bounded by s_1) efficient for the slow balance mode
     (rate ~ lam/s_1), and the gap s_k/s_{k+1} = 2 makes the subspace converge fast.
     """
     top = np.linspace(1.5, 1.0, k)
-    tail = np.linspace(0.5, 0.05, m - k) if m > k else np.empty(0)
+    tail = np.linspace(0.5, 0.2, m - k) if m > k else np.empty(0)
     return np.concatenate([top, tail])
 
 

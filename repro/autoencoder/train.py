@@ -212,9 +212,10 @@ def _quiet_lightning():
         lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
-            for pattern in (".*_pytree.*", ".*litlogger.*", ".*LitLogger.*", ".*does not have many workers.*",
-                            ".*train_dataloader.*", ".*num_workers.*"):
+            for pattern in (".*treespec.*", ".*_pytree.*", ".*litlogger.*", ".*LitLogger.*",
+                            ".*does not have many workers.*", ".*num_workers.*", ".*logging interval.*"):
                 warnings.filterwarnings("ignore", message=pattern)
+            warnings.filterwarnings("ignore", module=".*_pytree")
             yield
     finally:
         for lg, level in zip(loggers, levels):
