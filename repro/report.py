@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .claims.checkers.resnet import BLOG_ACCURACY, BLOG_SECONDS, STAGES, best_ladder, complete_ladders, is_real
+from .claims.checkers.resnet import BLOG_ACCURACY, STAGES, blog_seconds, best_ladder, complete_ladders, is_real
 from .errors import UserError, cli_main
 from .runlog import read_records
 
@@ -41,7 +41,7 @@ def ladder_rows(ladder) -> list[dict]:
     base = ladder["baseline"]["total_seconds"]
     return [{
         "stage": s, "seconds": ladder[s]["total_seconds"], "ratio": ladder[s]["total_seconds"] / base,
-        "blog_seconds": BLOG_SECONDS[s], "blog_ratio": BLOG_SECONDS[s] / BLOG_SECONDS["baseline"],
+        "blog_seconds": blog_seconds()[s], "blog_ratio": blog_seconds()[s] / blog_seconds()["baseline"],
         "accuracy": ladder[s].get("test_accuracy"), "llm": LLM_REPORTED.get(s, ""),
     } for s in STAGES]
 
@@ -76,7 +76,7 @@ def markdown(ladder, stats, autoencoder, plots, note) -> str:
                 f"Group `{base.get('group_id')}`, preset **{base.get('preset')}**, {base.get('precision')}, "
                 f"{base.get('device')} ({hw.get('gpu') or hw.get('cpu')}, {hw.get('cpu_count')} CPUs), "
                 f"data {base.get('data_source')}." + ("" if real else " **Synthetic/smoke: pipeline evidence only.**"),
-                "", f"Blog: Ben Johnson's DAWNBench entry {BLOG_SECONDS['ben_johnson']} s; stages on one V100.", "",
+                "", f"Blog: Ben Johnson's DAWNBench entry {blog_seconds()['ben_johnson']} s; stages on one V100.", "",
                 "| stage | measured s | ratio to baseline | blog s | blog ratio | test acc | LLM reported |",
                 "|---|---|---|---|---|---|---|"]
         for row in ladder_rows(ladder):

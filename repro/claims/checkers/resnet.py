@@ -4,16 +4,25 @@ side-by-side fp32 vs reduced-precision timing on this machine for the "3x" claim
 
 from __future__ import annotations
 
+import functools
 import platform
 import statistics
 import time
 
 from .common import NA, NO, PARTLY, YES, Estimate, Finding, accept, fmt, fmt_z
 
-STAGES = ("baseline", "simplified", "preprocessed", "bulk_rng", "final")
-# Post 1 as printed (341 s is Ben Johnson's DAWNBench entry; 301 s only in experiments.ipynb).
-BLOG_SECONDS = {"ben_johnson": 341, "baseline": 356, "simplified": 323, "preprocessed": 308, "bulk_rng": 301,
-                "final": 297}
+from repro.config import STAGE_ORDER as STAGES
+
+BEN_JOHNSON_SECONDS = 341  # his DAWNBench entry, the number the blog starts from
+
+
+@functools.lru_cache(maxsize=1)
+def blog_seconds() -> dict[str, float]:
+    """Post 1's time per stage, read from the stage configs (one source of truth), plus Ben Johnson's entry."""
+    from repro.config import load_stage
+
+    return {"ben_johnson": BEN_JOHNSON_SECONDS, **{s: load_stage(s).blog.seconds for s in STAGES}}
+
 BLOG_ACCURACY = 0.94
 PRESET_PREFERENCE = ("full", "cpu", "smoke")
 RUN_COMMAND = "python -m repro.resnet --stage all --preset cpu --data ../shared/data/cifar10-jpeg.tar.gz"
@@ -60,7 +69,7 @@ def describe_ladder(ladder) -> str:
     base = ladder["baseline"]
     times = "/".join(fmt(ladder[s]["total_seconds"], 3) for s in STAGES)
     ratios = "/".join(f"{ladder[s]['total_seconds'] / base['total_seconds']:.3f}" for s in STAGES)
-    blog = "/".join(f"{BLOG_SECONDS[s] / BLOG_SECONDS['baseline']:.3f}" for s in STAGES)
+    blog = "/".join(f"{blog_seconds()[s] / blog_seconds()['baseline']:.3f}" for s in STAGES)
     acc = ladder["final"].get("test_accuracy")
     hw = base.get("hardware") or {}
     return (f"measured {times} s (ratio to baseline {ratios}; blog {blog}), final acc "
@@ -82,7 +91,7 @@ def ladder_evidence(ctx) -> tuple[dict | None, str]:
 def blog_ladder_endpoints(claim, ctx) -> Finding:
     """rn-retry-a: 341 s → 297 s at 94%, against the blog text; the measured ladder alongside."""
     p = claim.params
-    matches = (p["baseline_s"] == BLOG_SECONDS["ben_johnson"] and p["final_s"] == BLOG_SECONDS["final"]
+    matches = (p["baseline_s"] == blog_seconds()["ben_johnson"] and p["final_s"] == blog_seconds()["final"]
                and p["accuracy"] == BLOG_ACCURACY)
     _, evidence = ladder_evidence(ctx)
     return Finding(
@@ -97,7 +106,7 @@ def hallucinated_numbers(claim, ctx) -> Finding:
     """rn-hallu: 18 h / 68% → 35 min / 76% appear nowhere in the blog (341 s → 297 s, 94%)."""
     p = claim.params
     claimed_ratio = p["final_s"] / p["baseline_s"]
-    matches = p["baseline_s"] in BLOG_SECONDS.values() and p["final_s"] in BLOG_SECONDS.values()
+    matches = p["baseline_s"] in blog_seconds().values() and p["final_s"] in blog_seconds().values()
     _, evidence = ladder_evidence(ctx)
     return Finding(
         measured=f"blog 341 s → 297 s at 94% (ratio {297 / 341:.3f}); claimed ratio {claimed_ratio:.3f}, "
@@ -114,7 +123,7 @@ def _stage_saving(ladder, a, b) -> float:
 def duplicate_bn_relu_saving(claim, ctx) -> Finding:
     """rn-retry-b: the blog credits 356→323 s to removing the duplicate BN-ReLU and the LR kink together."""
     ladder, evidence = ladder_evidence(ctx)
-    measured = (f"blog: −{BLOG_SECONDS['baseline'] - BLOG_SECONDS['simplified']} s for both changes "
+    measured = (f"blog: −{blog_seconds()['baseline'] - blog_seconds()['simplified']} s for both changes "
                 "(the kink 'shouldn't impact training time')")
     if ladder is not None:
         saving = _stage_saving(ladder, "baseline", "simplified")
@@ -124,8 +133,8 @@ def duplicate_bn_relu_saving(claim, ctx) -> Finding:
 
 def preprocessing_attribution(claim, ctx) -> Finding:
     """rn-retry-c: the whole 341→297 s drop credited to preprocessing/loading; blog: only 323→297 s."""
-    blog_data = BLOG_SECONDS["simplified"] - BLOG_SECONDS["final"]
-    blog_arch = BLOG_SECONDS["baseline"] - BLOG_SECONDS["simplified"]
+    blog_data = blog_seconds()["simplified"] - blog_seconds()["final"]
+    blog_arch = blog_seconds()["baseline"] - blog_seconds()["simplified"]
     claimed = claim.params["claimed_saving_s"]
     ladder, evidence = ladder_evidence(ctx)
     measured = (f"blog: data stages −{blog_data} s, BN-ReLU+kink −{blog_arch} s "
