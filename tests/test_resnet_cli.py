@@ -134,3 +134,25 @@ def test_log_lines_are_complete_json(tmp_path):
     resnet.main(["--stage", "final", *SMOKE, "--log-dir", str(tmp_path)])
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(line)["status"] == "ok" for line in lines)
+
+
+def test_malicious_pickle_via_cli_is_refused(tmp_path, capsys, monkeypatch):
+    import os
+    import pickle
+
+    from conftest import write_fake_cifar
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REPRO_CACHE", str(tmp_path / "cache"))
+    src = write_fake_cifar(tmp_path / "evil")
+    with open(src / "test_batch", "wb") as fh:
+        pickle.dump({"data": Exploit(), "labels": [0]}, fh, protocol=2)
+    args = ["--preset", "smoke", "--quiet", "--data", str(tmp_path / "evil"), "--log-dir", str(tmp_path)]
+    assert resnet.main(args) == 2
+    err = capsys.readouterr().err
+    assert "unsafe pickle refused" in err and "Traceback" not in err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "runs.jsonl").exists()
