@@ -21,6 +21,11 @@ from .data import DATASETS, load
 from .train import TRAINERS
 
 DEFAULT_PLOT = "logs/autoencoder_singular_values.png"
+# Defaults per data set where the generic ones do not converge. Image patches have a dominant
+# mean-brightness direction and small eigengaps past the 4th component, so: k = 4 (gap s4/s5 ~ 2),
+# 4x4x3 patches, and a step budget the slow balance mode can finish in (~1 min on 2 cores).
+GENERIC_DEFAULTS = {"k": 5, "n": 500, "patch": 8, "max_steps": None}
+DATASET_DEFAULTS = {"cifar": {"k": 4, "n": 2000, "patch": 4, "max_steps": 20000}}
 
 
 def parse_args(argv):
@@ -28,11 +33,11 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="synthetic", help=f"one of {', '.join(DATASETS)} (default synthetic)")
     p.add_argument("--m", type=int, default=20, help="synthetic: dimension (default 20)")
-    p.add_argument("--n", type=int, default=None, help="points: synthetic (default 500) or cifar patches (default 4000)")
-    p.add_argument("--k", type=int, default=5, help="code size (default 5)")
+    p.add_argument("--n", type=int, default=None, help="points: synthetic (default 500) or cifar patches (default 2000)")
+    p.add_argument("--k", type=int, default=None, help="code size (default 5; cifar 4)")
     p.add_argument("--spectrum", default=None, help="synthetic: m comma-separated distinct eigenvalues of C")
     p.add_argument("--cifar-path", default=None, help="cifar: CIFAR-10 source for repro.data.load_cifar10 ('synthetic' works offline)")
-    p.add_argument("--patch", type=int, default=8, help="cifar: patch side (m = 3 patch^2, default 8)")
+    p.add_argument("--patch", type=int, default=None, help="cifar: patch side (m = 3 patch^2, default 4)")
     p.add_argument("--lam", type=float, default=None, help="one lam (L_lam units); replaces the sweep")
     p.add_argument("--lams", default=None, help="comma-separated lam values for the sweep")
     p.add_argument("--lam-ratios", default=",".join(f"{r:g}" for r in experiment.DEFAULT_RATIOS),
@@ -40,7 +45,7 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=None, help="torch SGD lr (default: 0.9 of the GD stability bound)")
     p.add_argument("--steps", type=int, default=None, help="steps per lam>0 run (default: enough for the balance mode)")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="cap on the automatic step count (default 30000 * 10^4/(m n), at least 1000)")
+                   help="cap on the automatic step count (default 30000 * 10^4/(m n), at least 1000; cifar 20000)")
     p.add_argument("--batch-size", type=int, default=50, help="batch of the minibatch (noise-floor) run; 0 skips it")
     p.add_argument("--trainer", choices=TRAINERS, default="plain")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
@@ -49,7 +54,11 @@ def parse_args(argv):
     p.add_argument("--log-dir", default="logs")
     p.add_argument("--plot", default=DEFAULT_PLOT, help=f"PNG of sigma(W2) vs lam (default {DEFAULT_PLOT}); 'none' skips")
     p.add_argument("--quiet", action="store_true", help="only the check table and the verdict")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for key, generic in GENERIC_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, DATASET_DEFAULTS.get(args.data, {}).get(key, generic))
+    return args
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -155,7 +164,7 @@ def main(argv=None) -> int:
         warnings.simplefilter("always")
         warnings.showwarning = _one_line_warning  # restored when the block exits
         eigenvalues = _floats(args.spectrum, "--spectrum") if args.spectrum else None
-        n = args.n if args.n is not None else (4000 if args.data == "cifar" else 500)
+        n = args.n
         if args.m <= 0 or n <= 0:
             raise UserError(f"--m and --n must be positive, got m={args.m}, n={n}")
         data = load(args.data, m=args.m, n=n, k=args.k, seed=args.seed, eigenvalues=eigenvalues,
