@@ -222,4 +222,6 @@ def load_preset(name: str, directory: Path | None = None) -> Preset:
     preset = _typed(Preset, _read_toml(path), str(path))
     if preset.epochs < 1 or preset.width_divisor < 1:
         raise UserError(f"{path}: epochs and width_divisor must be >= 1")
+    if any(n is not None and n < 1 for n in (preset.train_images, preset.test_images)):
+        raise UserError(f"{path}: train_images and test_images must be >= 1 (leave them out for all images)")
     return dataclasses.replace(preset, name=name)

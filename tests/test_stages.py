@@ -162,3 +162,18 @@ def test_bad_config_values(tmp_path):
     bad.write_text('extends = "final"\n[schedule]\nknots = [0, 10]\nlrs = [0, 1, 0]\n')
     with pytest.raises(UserError, match="same length"):
         load_stage(str(bad))
+
+
+def test_preset_sizes_are_validated(tmp_path, monkeypatch):
+    import shutil
+
+    from repro.config import configs_dir
+
+    shutil.copytree(configs_dir(), tmp_path / "configs")
+    (tmp_path / "configs" / "presets" / "tiny.toml").write_text("epochs = 1\ntrain_images = 0\n")
+    with pytest.raises(UserError, match="train_images and test_images must be >= 1"):
+        load_preset("tiny", tmp_path / "configs")
+    with pytest.raises(UserError, match="unknown preset 'huge'"):
+        load_preset("huge", tmp_path / "configs")
+    cpu = load_preset("cpu")
+    assert (cpu.epochs, cpu.width_divisor, cpu.train_images, cpu.test_images) == (10, 4, 10000, None)
