@@ -93,7 +93,3 @@ class DawnResNet18(nn.Module):
 def build_net(**kwargs) -> DawnResNet18:
     return DawnResNet18(NetConfig(**kwargs))
 
-
-def count_bn_relu_pairs_before_first_conv(net: DawnResNet18) -> int:
-    """How many BN-ReLU pairs sit between the prep conv and the first block's conv (1 or 2)."""
-    return sum(isinstance(m, nn.BatchNorm2d) for m in net.prep) + 1

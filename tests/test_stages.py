@@ -164,7 +164,7 @@ def test_bad_config_values(tmp_path):
         load_stage(str(bad))
 
 
-def test_preset_sizes_are_validated(tmp_path, monkeypatch):
+def test_preset_sizes_are_validated(tmp_path):
     import shutil
 
     from repro.config import configs_dir
