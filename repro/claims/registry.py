@@ -75,10 +75,17 @@ CLAIMS: tuple[Claim, ...] = (
        "only d1 matters: every output row gets the same magnitude, RMS divides out d2", "flat in d2",
        "mup:only_d1_matters"),
     # ---- HW3 Q3: μP papers
-    Claim("q3a-fig1", ALL_HW3, "Le Chat, Grok, ChatGPT, Gemini",
-          "TP5 Fig. 1: training loss vs log2 LR across widths; SP optimum shifts, μP optimum stable",
-          "reading of the figure", "", not_checkable="needs TP5's Transformer LR sweep over d_model 128…8192 "
-          "(and the figure itself); the answers differ in how they read the plot, not in a computable number"),
+    # One small MLP LR sweep (SP vs μP, Adam) shared by the four readings of TP5 Fig. 1.
+    _c("q3a-fig1/grok", GROK, "Grok", "loss vs log2 LR across widths: SP optimum shifts, wider not always "
+       "better; μP optimum stable, loss monotone in width", "SP argmin-LR shifts; μP stable, wider better",
+       "mup_sweep:fig1_reading", reading="full"),
+    _c("q3a-fig1/chatgpt", CHATGPT, "ChatGPT", "loss vs log2 LR across widths: SP optimum shifts, wider not "
+       "always better; μP optimum stable, loss monotone in width", "SP argmin-LR shifts; μP stable, wider better",
+       "mup_sweep:fig1_reading", reading="full"),
+    _c("q3a-fig1/gemini", GEMINI, "Gemini", "SP optimal LR shifts with width, μP's stays (width question "
+       "unanswered)", "SP argmin-LR shifts; μP stable", "mup_sweep:fig1_reading", reading="shift-only"),
+    _c("q3a-fig1/lechat", LECHAT_HW3, "Le Chat", "y-axis is norms; then \"loss vs width\"",
+       "x-axis = width", "mup_sweep:fig1_reading", reading="wrong-axes"),
     _c("q3b-table3/chatgpt", CHATGPT, "ChatGPT", "μP hidden Adam LR 1/fan_in, SP 1",
        "μP fan_in^-1, SP 1", "mup:table3_lr", mup_exponent=-1, sp_exponent=0),
     _c("q3b-table3/grok", GROK, "Grok", "μP 1/√d, SP constant", "μP fan_in^-1/2, SP 1", "mup:table3_lr",
