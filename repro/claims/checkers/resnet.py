@@ -90,13 +90,13 @@ def ladder_evidence(ctx) -> tuple[dict | None, str]:
 
 def blog_ladder_endpoints(claim, ctx) -> Finding:
     """rn-retry-a: 341 s → 297 s at 94%, against the blog text; the measured ladder alongside."""
-    p = claim.params
-    matches = (p["baseline_s"] == blog_seconds()["ben_johnson"] and p["final_s"] == blog_seconds()["final"]
-               and p["accuracy"] == BLOG_ACCURACY)
+    p, b = claim.params, blog_seconds()
+    matches = p["baseline_s"] == b["ben_johnson"] and p["final_s"] == b["final"] and p["accuracy"] == BLOG_ACCURACY
     _, evidence = ladder_evidence(ctx)
     return Finding(
-        measured=f"blog: 341 s (Ben Johnson's entry; Page's reproduction 356 s) → 297 s, 94%; "
-        f"297/341 = {297 / 341:.3f}, 297/356 = {297 / 356:.3f}",
+        measured=f"blog: {b['ben_johnson']} s (Ben Johnson's entry; Page's reproduction {b['baseline']} s) → "
+        f"{b['final']} s, 94%; {b['final']}/{b['ben_johnson']} = {b['final'] / b['ben_johnson']:.3f}, "
+        f"{b['final']}/{b['baseline']} = {b['final'] / b['baseline']:.3f}",
         verdict=YES if matches else NO,
         evidence=evidence,
     )
@@ -104,12 +104,13 @@ def blog_ladder_endpoints(claim, ctx) -> Finding:
 
 def hallucinated_numbers(claim, ctx) -> Finding:
     """rn-hallu: 18 h / 68% → 35 min / 76% appear nowhere in the blog (341 s → 297 s, 94%)."""
-    p = claim.params
+    p, b = claim.params, blog_seconds()
     claimed_ratio = p["final_s"] / p["baseline_s"]
-    matches = p["baseline_s"] in blog_seconds().values() and p["final_s"] in blog_seconds().values()
+    matches = p["baseline_s"] in b.values() and p["final_s"] in b.values()
     _, evidence = ladder_evidence(ctx)
     return Finding(
-        measured=f"blog 341 s → 297 s at 94% (ratio {297 / 341:.3f}); claimed ratio {claimed_ratio:.3f}, "
+        measured=f"blog {b['ben_johnson']} s → {b['final']} s at 94% (ratio {b['final'] / b['ben_johnson']:.3f}); "
+        f"claimed ratio {claimed_ratio:.3f}, "
         f"accuracies {p['baseline_acc']:.0%}/{p['final_acc']:.0%} vs 94%",
         verdict=YES if matches else NO,
         evidence=evidence,
