@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
 STAGE_ORDER = ("baseline", "simplified", "preprocessed", "bulk_rng", "final")
 PRESETS = ("full", "cpu", "smoke")
 
 
 def configs_dir() -> Path:
-    """``$REPRO_CONFIGS`` or the ``configs/`` folder beside the package."""
+    """``$REPRO_CONFIGS`` or the ``configs/`` folder shipped inside the package (the top-level
+    ``configs`` of a checkout is a link to it)."""
     env = os.environ.get("REPRO_CONFIGS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    return Path(env) if env else Path(__file__).resolve().parent / "configs"
 
 
 @dataclass(frozen=True)
