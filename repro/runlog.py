@@ -1,21 +1,27 @@
 """Run records: one JSON object per line in ``logs/runs.jsonl``, shared by every experiment.
 
 Each record is written with a single ``write`` on an ``O_APPEND`` descriptor under an
-exclusive lock and then fsync'ed, so a crash or a concurrent run never leaves half a line.
+exclusive lock, with Ctrl-C and SIGTERM held back, and then fsync'ed, so a crash or a
+concurrent run never leaves half a line; a write that fails part-way (disk full) is
+truncated away under the same lock. Readers skip and count lines that are not records.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import fcntl
 import json
 import math
 import os
 import platform
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
+
+from .errors import UserError, signals_deferred
 
 DEFAULT_LOG_DIR = Path("logs")
 LOG_NAME = "runs.jsonl"
@@ -109,42 +115,149 @@ def log_path(log_dir: str | os.PathLike | None = None) -> Path:
     return Path(log_dir if log_dir is not None else DEFAULT_LOG_DIR) / LOG_NAME
 
 
+def check_log_dir(log_dir: str | os.PathLike | None = None) -> Path:
+    """Make sure records can be appended under ``log_dir`` before any work is done.
+
+    Creates the directory if needed and returns the log file's path; raises a one-line
+    UserError if it is a file, cannot be created, or is not writable. The log file itself is
+    not created (a run that fails before training leaves no empty log behind).
+    """
+    directory = Path(log_dir if log_dir is not None else DEFAULT_LOG_DIR)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"log dir {directory} is a file, not a directory; pass --log-dir a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"log dir {directory} cannot be created ({exc.strerror or exc})") from None
+    path = directory / LOG_NAME
+    try:
+        if path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))  # opens, writes nothing
+        else:
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+    except OSError as exc:
+        raise UserError(f"log dir {directory} is not writable: cannot append to {path} "
+                        f"({exc.strerror or exc})") from None
+    return path
+
+
+class LogWriteError(UserError):
+    """A record could not be appended (e.g. the disk is full); the log is left as it was."""
+
+
 def append_record(record: dict[str, Any], log_dir: str | os.PathLike | None = None) -> Path:
-    """Append one record as one line; returns the file written."""
+    """Append one record as one line; returns the file written.
+
+    If the line cannot be written whole (disk full, quota, I/O error), the file is truncated
+    back to its length before the write, under the same lock, and LogWriteError is raised:
+    the log never keeps a partial line that the next record would be glued to.
+    """
     path = log_path(log_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(_finite(record), sort_keys=False, allow_nan=False) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        view = memoryview(line)
-        while view:  # os.write may write less than asked on some filesystems
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        with signals_deferred():
+            size_before = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:  # os.write may write less than asked (e.g. just before the disk fills)
+                    written = os.write(fd, view)
+                    if written <= 0:
+                        raise OSError(errno.ENOSPC, "write wrote nothing")
+                    view = view[written:]
+                os.fsync(fd)
+            except OSError as exc:
+                state = ("the log was left as it was" if _truncate(fd, size_before) else
+                         f"truncating it back to {size_before} bytes failed too, so its last line is torn")
+                raise LogWriteError(
+                    f"could not append the {record.get('experiment', '?')} record {record.get('run_id', '')} "
+                    f"to {path} ({exc.strerror or exc}); {state}"
+                ) from exc
     finally:
         os.close(fd)
     return path
 
 
-def read_records(path: str | os.PathLike, experiment: str | None = None) -> list[dict[str, Any]]:
-    """All well-formed records of a log (a torn or foreign line is skipped, not fatal)."""
-    records = []
+def _truncate(fd: int, size: int) -> bool:
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError:
+        return False
+    return True
+
+
+class Records(list):
+    """The records of a log, plus what could not be read: ``torn_lines`` holds the 1-based
+    numbers of lines that were not a JSON object (half-written or foreign)."""
+
+    def __init__(self, items=(), path: Path | None = None, torn_lines: Iterable[int] = ()):
+        super().__init__(items)
+        self.path = path
+        self.torn_lines = list(torn_lines)
+
+    @property
+    def torn(self) -> int:
+        return len(self.torn_lines)
+
+    def torn_note(self) -> str | None:
+        """One line for a report or CLI, or None when every line was a record."""
+        if not self.torn_lines:
+            return None
+        shown = ", ".join(map(str, self.torn_lines[:10])) + (", ..." if self.torn > 10 else "")
+        plural = "s" if self.torn > 1 else ""
+        return f"{self.path}: {self.torn} torn line{plural} skipped (line{plural} {shown})"
+
+
+_RECORD_START = '{"run_id": '
+
+
+def _salvage(line: str) -> list[dict]:
+    """Whole records glued behind a torn one (written by versions that did not truncate)."""
+    found = []
+    start = line.find(_RECORD_START, 1)
+    while start != -1:
+        try:
+            rec = json.loads(line[start:])
+        except json.JSONDecodeError:
+            start = line.find(_RECORD_START, start + 1)
+            continue
+        if isinstance(rec, dict):
+            found.append(rec)
+        break
+    return found
+
+
+def read_records(path: str | os.PathLike, experiment: str | None = None) -> Records:
+    """All records of a log (a directory or the file), as a list; lines that are not a record
+    are skipped and counted in ``.torn_lines`` (see :class:`Records`), never fatal.
+
+    A whole record glued behind a torn line is recovered.
+    """
     p = Path(path)
     if p.is_dir():
         p = p / LOG_NAME
+    records, torn = [], []
     if not p.exists():
-        return records
-    for line in p.read_text().splitlines():
+        return Records(records, p, torn)
+    for number, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
         try:
-            rec = json.loads(line)
+            found = [json.loads(line)]
         except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and (experiment is None or rec.get("experiment") == experiment):
-            records.append(rec)
-    return records
+            found = _salvage(line)
+            torn.append(number)
+        else:
+            if not isinstance(found[0], dict):
+                found = []
+                torn.append(number)
+        records += [r for r in found if experiment is None or r.get("experiment") == experiment]
+    return Records(records, p, torn)
 
 
 def latest(records: Iterable[dict[str, Any]], **match: Any) -> dict[str, Any] | None:

@@ -17,13 +17,75 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch):
     assert resolve_precision("auto", CPU) == "fp32"
 
 
-def test_auto_precision_on_cuda_is_fp16_with_scaler():
+def test_auto_precision_on_cuda_is_fp16_with_a_cuda_scaler(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"  # decided without touching CUDA
+    made = []
+    monkeypatch.setattr(devices.torch.amp, "GradScaler", lambda device, **kw: made.append(device) or "scaler")
+    assert Precision(torch.device("cuda"), "fp16").scaler == "scaler"
+    assert Precision(CPU, "fp16").scaler == "scaler"
+    assert Precision(CPU, "fp32").scaler is None
+    assert made == ["cuda", "cpu"]  # each scaler on its precision's own device type
 
 
-def test_fp16_on_cpu_is_refused():
-    with pytest.raises(UserError, match="fp16 needs CUDA"):
-        resolve_precision("fp16", CPU)
+def test_fp16_on_cpu_is_allowed_when_asked_but_never_chosen(monkeypatch):
+    assert resolve_precision("fp16", CPU) == "fp16"
+    for native_bf16 in (True, False):
+        monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: native_bf16)
+        assert resolve_precision("auto", CPU) != "fp16"
+    with pytest.raises(UserError, match="--precision must be one of auto, fp32, bf16, fp16, not 'fp8'"):
+        resolve_precision("fp8", CPU)
+
+
+def _fp16_setup(lr=0.5):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    return net, torch.optim.SGD(net.parameters(), lr=lr), x, y, Precision(CPU, "fp16")
+
+
+def _fp16_loss(net, x, y, amp, factor=1.0):
+    with amp.autocast():
+        logits = net(x)
+        assert logits.dtype == torch.float16
+        return torch.nn.functional.cross_entropy(logits.float(), y) * factor
+
+
+def test_fp16_step_on_cpu_scales_unscales_and_grows_the_scale():
+    net, opt, x, y, amp = _fp16_setup()
+    # the reference gradient: the same fp16 forward, backward without scaling
+    _fp16_loss(net, x, y, amp).backward()
+    plain = [p.grad.clone() for p in net.parameters()]
+    opt.zero_grad(set_to_none=True)
+    before = [p.detach().clone() for p in net.parameters()]
+    scale = amp.scaler.get_scale()
+    assert scale == 2.0 ** 16 and amp.scaler.is_enabled()
+    amp.scaler.set_growth_interval(1)  # grow after every finite step instead of every 2000
+    amp.backward(_fp16_loss(net, x, y, amp))
+    scaled = [p.grad.clone() for p in net.parameters()]
+    for s, g in zip(scaled, plain):
+        torch.testing.assert_close(s / scale, g, rtol=1e-2, atol=1e-6)
+    amp.step(opt)
+    for b, p, g in zip(before, net.parameters(), plain):
+        # SGD moved each weight by lr times the *unscaled* gradient
+        torch.testing.assert_close(b - p.detach(), 0.5 * g, rtol=1e-2, atol=1e-6)
+        assert not torch.equal(b, p.detach())
+    assert amp.scaler.get_scale() == 2 * scale
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_scale():
+    net, opt, x, y, amp = _fp16_setup()
+    before = [p.detach().clone() for p in net.parameters()]
+    scale = amp.scaler.get_scale()
+    amp.backward(_fp16_loss(net, x, y, amp, factor=float("inf")))
+    assert not all(torch.isfinite(p.grad).all() for p in net.parameters())
+    amp.step(opt)
+    assert all(torch.equal(b, p.detach()) for b, p in zip(before, net.parameters()))  # step skipped
+    assert amp.scaler.get_scale() == scale / 2
+    opt.zero_grad(set_to_none=True)
+    amp.backward(_fp16_loss(net, x, y, amp))  # a finite step afterwards goes through
+    amp.step(opt)
+    assert not all(torch.equal(b, p.detach()) for b, p in zip(before, net.parameters()))
+    assert amp.scaler.get_scale() == scale / 2
 
 
 def test_cuda_request_without_gpu_is_a_clear_error(monkeypatch):
