@@ -164,10 +164,15 @@ def _load_pickles(batches_dir: Path) -> tuple[np.ndarray, ...]:
 # Image folders (a directory or a tar archive of one)
 
 
-def _class_order(names: set[str]) -> list[str]:
+def _class_labels(names: set[str], origin: str) -> dict[str, int]:
+    """Label of each class folder. CIFAR-10 names keep CIFAR-10's labels even when only some
+    classes are present (cat is 3 = ``CLASSES.index("cat")`` with or without airplanes);
+    any other names are numbered in sorted order."""
     if names <= set(CLASSES):
-        return [c for c in CLASSES if c in names]
-    return sorted(names)
+        return {c: CLASSES.index(c) for c in names}
+    if len(names) > len(CLASSES):
+        raise UserError(f"{origin}: {len(names)} class folders, but the nets here have {len(CLASSES)} outputs")
+    return {c: i for i, c in enumerate(sorted(names))}
 
 
 def _decode(blob: bytes, where: str) -> np.ndarray:
@@ -184,12 +189,11 @@ def _decode(blob: bytes, where: str) -> np.ndarray:
 
 
 def _assemble(entries: dict[str, list[tuple[str, str, bytes]]], origin: str) -> tuple[np.ndarray, ...]:
-    """entries[split] = [(class, name, bytes)] -> arrays with labels in CIFAR class order."""
+    """entries[split] = [(class, name, bytes)] -> arrays with labels from the class names."""
     for split in ("train", "test"):
         if not entries.get(split):
             raise UserError(f"{origin}: no images under {split}/<class>/ (expected train/ and test/)")
-    order = _class_order({c for split in entries.values() for c, _, _ in split})
-    index = {c: i for i, c in enumerate(order)}
+    index = _class_labels({c for split in entries.values() for c, _, _ in split}, origin)
     out = []
     for split in ("train", "test"):
         items = sorted(entries[split], key=lambda e: (index[e[0]], e[1]))
@@ -268,9 +272,14 @@ def make_synthetic(n_train: int = 5000, n_test: int = 1000, seed: int = 0) -> Ci
 # Entry point with the decode-once cache
 
 
-def _content_key(path: Path) -> str:
+# Part of an image folder's cache key: bumped when the folder -> labels mapping changes, so
+# arrays cached under an older mapping (v1 renumbered partial class sets) are never reused.
+FOLDER_LABELS_VERSION = "labels-v2"
+
+
+def _content_key(path: Path, salt: str = "") -> str:
     """sha256 over the bytes of every file the source consists of (names included)."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(salt.encode())
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         digest.update(str(file.relative_to(path) if file != path else file.name).encode())
@@ -349,9 +358,11 @@ def load_cifar10(
         key = _content_key(batches)
         return _cached(cache, key, f"official CIFAR-10 pickles at {batches}", lambda: _load_pickles(batches))
     if path.is_dir():
-        return _cached(cache, _content_key(path), f"image folder {path}", lambda: _load_folder(path))
+        key = _content_key(path, FOLDER_LABELS_VERSION)
+        return _cached(cache, key, f"image folder {path}", lambda: _load_folder(path))
     if tarfile.is_tarfile(path):
-        return _cached(cache, _content_key(path), f"image archive {path.name}", lambda: _load_archive(path))
+        key = _content_key(path, FOLDER_LABELS_VERSION)
+        return _cached(cache, key, f"image archive {path.name}", lambda: _load_archive(path))
     raise UserError(
         f"--data {source}: not a CIFAR-10 source (expected a directory with cifar-10-batches-py/, "
         "an image folder, a .tar.gz of one, or 'synthetic')"

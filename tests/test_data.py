@@ -137,10 +137,50 @@ def test_image_folder_and_archive_give_the_same_arrays(tmp_path, cache_dir):
     from_tar = load_cifar10(archive, cache_dir)
     for d in (from_dir, from_tar):
         assert d.train_images.shape == (6, 32, 32, 3) and d.test_images.shape == (4, 32, 32, 3)
-        # labels follow CIFAR-10's class order: airplane (0) before cat (3)
-        assert list(d.train_labels) == [0, 0, 0, 1, 1, 1]
+        # labels follow the class names: airplane is 0 and cat is 3, even with 8 classes missing
+        assert list(d.train_labels) == [0, 0, 0, 3, 3, 3] and list(d.test_labels) == [0, 0, 3, 3]
+        assert [CLASSES[i] for i in d.train_labels] == ["airplane"] * 3 + ["cat"] * 3
         np.testing.assert_array_equal(d.train_images[0], files["train/airplane/0000.png"])
     np.testing.assert_array_equal(from_dir.test_images, from_tar.test_images)
+
+
+def _write_tree(root, classes, n=2):
+    for split in ("train", "test"):
+        for i, cls in enumerate(classes):
+            for j in range(n):
+                path = root / split / cls / f"{j}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(_png(np.full((32, 32, 3), 10 * i + j, np.uint8)))
+
+
+def test_partial_class_folder_keeps_cifar_labels(tmp_path, cache_dir):
+    _write_tree(tmp_path / "tree", ["truck", "dog", "cat"])
+    d = load_cifar10(tmp_path / "tree", cache_dir)
+    assert sorted(set(d.train_labels.tolist())) == [3, 5, 9]
+    for images, labels in ((d.train_images, d.train_labels), (d.test_images, d.test_labels)):
+        # each image's pixel value says which folder it came from: cat 20.., dog 10.., truck 0..
+        folder = {0: "truck", 1: "dog", 2: "cat"}
+        assert [CLASSES[y] for y in labels] == [folder[int(x[0, 0, 0]) // 10] for x in images]
+
+
+def test_other_class_names_are_numbered_in_sorted_order(tmp_path, cache_dir):
+    _write_tree(tmp_path / "tree", ["zebra", "apple"], n=1)
+    d = load_cifar10(tmp_path / "tree", cache_dir)
+    assert d.train_labels.tolist() == [0, 1] and d.train_images[:, 0, 0, 0].tolist() == [10, 0]
+    _write_tree(tmp_path / "many", [f"c{i:02d}" for i in range(11)], n=1)
+    with pytest.raises(UserError, match="11 class folders, but the nets here have 10 outputs"):
+        load_cifar10(tmp_path / "many", cache_dir)
+
+
+def test_arrays_cached_with_the_old_renumbering_are_not_reused(tmp_path, cache_dir):
+    root = tmp_path / "tree"
+    _write_tree(root, ["cat"], n=1)
+    # what the old code cached for this folder: the same content key, cat renumbered to 0
+    stale = cache_dir / f"cifar10-{data_mod._content_key(root)}.npz"
+    stale.parent.mkdir(parents=True)
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    np.savez(stale, train_x=img, train_y=np.zeros(1, np.int64), test_x=img, test_y=np.zeros(1, np.int64))
+    assert load_cifar10(root, cache_dir).train_labels.tolist() == [3]
 
 
 def test_archive_without_test_split_is_rejected(tmp_path, cache_dir):
