@@ -92,3 +92,19 @@ def test_unknown_preset_lists_the_presets_of_its_directory(tmp_path):
     with pytest.raises(UserError) as err:
         load_preset("smoke", tmp_path / "configs")
     assert str(err.value) == "unknown preset 'smoke'; valid presets: auto, cpu"
+
+
+def test_ci_runs_the_readme_commands():
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("## Set up and run", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = {line.split("#", 1)[1].strip(): line.split("#", 1)[0].strip()
+                for line in setup.splitlines() if "#" in line}
+    ci = (ROOT / ".ci" / "run").read_text()
+    ci_lines = [line.strip() for line in ci.splitlines() if not line.strip().startswith("#")]
+    test_command = commands["the test suite"]
+    assert test_command == "pytest"
+    assert any(line.split("||")[0].strip() == test_command for line in ci_lines), ci
+    assert "python3 -m venv --clear .venv-ci" in ci_lines
+    assert 'pip install -q -e ".[dev]"' in ci_lines and "pip install torch==2.14.1 torchvision==0.29.1" in readme
+    assert "pip install -q torch==2.14.1 torchvision==0.29.1" in ci_lines
+    assert '"$status" -eq 5' in ci  # no tests collected is a failure, not a pass
