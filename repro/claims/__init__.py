@@ -1,18 +1,17 @@
 """Audit of the checkable claims in five LLM transcripts of the homework (``python -m repro.claims``).
 
 ``select`` picks registry entries by id; ``check`` runs one entry's checker and never raises:
-a checker that fails reports verdict "n.a." with the error, so one broken check cannot hide
-the others.
+a checker that fails (raises, or returns no valid basis or verdict) reports verdict "error"
+with the message, so one broken check cannot hide the others; the CLI then exits 1.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import time
 from dataclasses import dataclass
 
-from .checkers.common import NA, Context, Finding
+from .checkers.common import BASES, ERROR, VERDICTS, Context, Finding
 from .registry import CLAIMS, Claim
 
 
@@ -32,6 +31,7 @@ class Result:
             "claimed": self.claim.claimed,
             "measured": self.finding.measured,
             "verdict": self.finding.verdict,
+            "basis": self.finding.basis,
             "evidence": self.finding.evidence,
             "seconds": round(self.seconds, 3),
         }
@@ -51,18 +51,14 @@ def close_matches(only: str) -> list[str]:
     return near or [i for i in ids if i.split("-")[0] == only.split("-")[0]][:8]
 
 
-def resolve(spec: str):
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(f"{__name__}.checkers.{module}"), name)
-
-
 def check(claim: Claim, ctx: Context) -> Result:
     start = time.perf_counter()
-    if claim.not_checkable:
-        finding = Finding("—", NA, claim.not_checkable)
-    else:
-        try:
-            finding = resolve(claim.checker)(claim, ctx)
-        except Exception as exc:  # noqa: BLE001 (reported in the table, not swallowed)
-            finding = Finding("—", NA, f"checker failed: {type(exc).__name__}: {exc}")
+    try:
+        finding = claim.checker(claim, ctx)
+        if finding.verdict not in VERDICTS or finding.verdict == ERROR:
+            raise ValueError(f"verdict {finding.verdict!r} is not one of {', '.join(VERDICTS[:-1])}")
+        if finding.basis not in BASES:
+            raise ValueError(f"basis {finding.basis!r} is not one of {', '.join(BASES)}")
+    except Exception as exc:  # noqa: BLE001 (reported in the table and the exit status, not swallowed)
+        finding = Finding("—", ERROR, f"checker failed: {type(exc).__name__}: {exc}")
     return Result(claim, finding, time.perf_counter() - start)

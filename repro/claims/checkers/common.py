@@ -2,6 +2,18 @@
 
 Verdicts on Monte Carlo numbers are decided in units of the standard error: a claim is
 accepted when the estimate lies within ``Z_ACCEPT`` standard errors of the claimed value.
+
+Every finding names its ``basis``, what the verdict rests on:
+
+- ``computed``: a number this program produced (Monte Carlo, autograd, a counted model, a
+  FLOP count, a training run, arithmetic on the blog's own figures);
+- ``text``: what a text says: the blog (a figure from the stage configs, a search of the
+  post's sentences), a paper (a table entry, a figure's axes) or the answer itself;
+- ``judgement``: a reading of the answer that no program here computes (an answer that
+  addresses a different question, a vague mechanism, a right statement later contradicted).
+
+When a verdict needs more than one kind, the basis is the least mechanical one it needs
+(judgement over text over computed), so ``computed`` means computed throughout.
 """
 
 from __future__ import annotations
@@ -14,6 +26,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 YES, NO, PARTLY, NA = "✓", "✗", "~", "n.a."
+ERROR = "error"  # the checker raised: no verdict, counted apart from n.a.
+VERDICTS = (YES, NO, PARTLY, NA, ERROR)
+COMPUTED, TEXT, JUDGEMENT = "computed", "text", "judgement"
+BASES = (COMPUTED, TEXT, JUDGEMENT)
 Z_ACCEPT = 4.0
 
 
@@ -25,6 +41,7 @@ class Finding:
     verdict: str
     evidence: str
     data: dict[str, Any] = field(default_factory=dict)
+    basis: str | None = None  # one of BASES; a checker that leaves it out is reported as an error
 
 
 @dataclass
@@ -34,6 +51,7 @@ class Context:
     seed: int = 0
     quick: bool = False
     log_dir: str = "logs"
+    blog_text: str | None = None  # a file with the full post-1 text (e.g. transcript 004); None: the bundled quotes
     _memo: dict = field(default_factory=dict, repr=False)
 
     def size(self, full: int, quick: int) -> int:

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from .common import (NO, PARTLY, YES, Estimate, Finding, accept, difference, fmt, fmt_z, mc_mean,
+from .common import (COMPUTED, JUDGEMENT, NO, PARTLY, YES, Estimate, Finding, accept, difference, fmt, fmt_z, mc_mean,
                      worst_z)
 
 SIGMA = 0.5
@@ -71,6 +71,7 @@ def score_gradient(claim, ctx) -> Finding:
     return Finding(
         measured="score estimate vs analytic ∇F per component — " + "; ".join(rows),
         verdict=YES if all(accept(v) for v in zs) else NO,
+        basis=COMPUTED,
         evidence=f"MC N={len(x)}, k={K}, σ={SIGMA}, {len(zs)} components",
         data={"z": zs},
     )
@@ -88,12 +89,14 @@ def objective_rewrite(claim, ctx) -> Finding:
     measured = (f"E_p f = {direct}, E_z f(μ+σz) = {rewritten} ({fmt_z(z_F)}); "
                 f"E_z[f(μ+σz)z/σ] vs ∇F worst {fmt_z(worst_z(z_grad))}")
     if claim.params["answers"] == "F":
-        verdict = YES if accept(z_F) else NO
+        verdict, basis = (YES if accept(z_F) else NO), COMPUTED
         why = "rewritten F matches"
     else:
-        verdict = NO  # the identity holds (shown) but F itself was asked for
+        # The identity holds (shown); that it answers another question than the one asked is a reading.
+        verdict, basis = NO, JUDGEMENT
         why = "the gradient identity holds, but the question asks for F(μ) itself"
-    return Finding(measured, verdict, f"MC N={len(z)}, f=exp(bᵀx); {why}", {"z_F": z_F, "z_grad": z_grad})
+    return Finding(measured, verdict, f"MC N={len(z)}, f=exp(bᵀx); {why}", {"z_F": z_F, "z_grad": z_grad},
+                   basis=basis)
 
 
 def reparam_gradient(claim, ctx) -> Finding:
@@ -115,6 +118,7 @@ def reparam_gradient(claim, ctx) -> Finding:
         measured=f"mean vs 2μ worst {fmt_z(worst_z(z_mean))}; tr Var: this {var_est}, "
         f"RP {var_rp} (4σ²k={fmt(4 * SIGMA**2 * K)}), score {var_score}",
         verdict=YES if unbiased and is_rp else NO,
+        basis=COMPUTED,
         evidence=f"MC N={len(z)}, f=‖x‖², k={K}, σ={SIGMA}; "
         + ("reparameterisation estimator" if is_rp else "variance is the score estimator's, not RP's"),
         data={"var": var_est.mean, "var_rp": var_rp.mean, "var_score": var_score.mean, "z": z_mean},
@@ -131,6 +135,7 @@ def stein_identity(claim, ctx) -> Finding:
     return Finding(
         measured=f"RP − score mean, worst component {fmt_z(worst_z(zs))}",
         verdict=YES if all(accept(v) for v in zs) else NO,
+        basis=COMPUTED,
         evidence=f"MC N={len(rp)} each (independent), f=exp(bᵀx), k={K}",
         data={"z": zs},
     )
@@ -151,6 +156,7 @@ def score_general_family(claim, ctx) -> Finding:
     return Finding(
         measured="score estimate " + ", ".join(str(e) for e in ests) + " vs analytic " + ", ".join(fmt(t) for t in truth),
         verdict=YES if all(accept(v) for v in zs) else NO,
+        basis=COMPUTED,
         evidence=f"MC N={draws}, softmax over {n_cat} categories; worst {fmt_z(worst_z(zs))}",
         data={"z": zs},
     )
@@ -171,6 +177,7 @@ def baseline_variance(claim, ctx) -> Finding:
     return Finding(
         measured=f"tr Var {v_plain} → {v_based} with baseline b={fmt(b)}; mean vs 2μ worst {fmt_z(worst_z(zs))}",
         verdict=YES if lower and all(accept(v) for v in zs) else NO,
+        basis=COMPUTED,
         evidence=f"MC N={len(x)}, f=‖x‖², k={K}, σ={SIGMA}",
         data={"var_plain": v_plain.mean, "var_baseline": v_based.mean, "z": zs},
     )
@@ -188,6 +195,7 @@ def score_variance_vs_dimension(claim, ctx) -> Finding:
     return Finding(
         measured="tr Var(score)/tr Var(RP): " + ", ".join(f"k={k}: {fmt(r)}" for k, r in ratios),
         verdict=YES if grows else NO,
+        basis=COMPUTED,
         evidence="MC, f=‖x‖², σ=0.5, μ~N(0,I) per k",
         data={"ratios": dict(ratios)},
     )
@@ -221,6 +229,7 @@ def general_reparameterisation(claim, ctx) -> Finding:
         measured=f"autograd MC vs analytic ∇_μ,∇_σ (x=exp(μ+σz), f=Σx²): worst {fmt_z(worst_z(zs))}; "
         f"special case with σ→{special_sigma:g}: E f = {F_special} vs F = {F_true} ({fmt_z(z_special)})",
         verdict=verdict,
+        basis=COMPUTED,
         evidence=f"MC N={draws} per-draw autograd gradients; σ={SIGMA} in the special case",
         data={"z": zs, "z_special": z_special},
     )

@@ -6,7 +6,7 @@ through the two loops; the checker records the tokens each loop feeds in.
 
 from __future__ import annotations
 
-from .common import NO, YES, Finding
+from .common import COMPUTED, NO, YES, Finding
 
 REFERENCE = ("I", "see", "a", "dog", "<eos>")
 SAMPLED = ("I", "saw", "a", "dog", "<eos>")
@@ -32,6 +32,7 @@ def decoder_inputs(claim, ctx) -> Finding:
     return Finding(
         measured=" ".join(fed),
         verdict=YES if tuple(fed) == tuple(claim.params["tokens"]) else NO,
+        basis=COMPUTED,
         evidence=f"toy decoder loop in {claim.params['mode']} mode; reference 'I see a dog', sample 'I saw a dog'",
         data={"fed": fed},
     )

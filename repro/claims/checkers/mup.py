@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from .common import (NA, NO, PARTLY, YES, Estimate, Finding, accept, difference, exact_slope, fmt,
+from .common import (COMPUTED, JUDGEMENT, TEXT, NA, NO, PARTLY, YES, Estimate, Finding, accept, difference, exact_slope, fmt,
                      fmt_z, loglog_slope, mc_mean, verdict_by_z, worst_z)
 
 # ---------------------------------------------------------------- simulations
@@ -103,6 +103,7 @@ def init_rms(claim, ctx) -> Finding:
     return Finding(
         measured=f"{what} = " + "; ".join(rows),
         verdict=verdict_by_z(zs),
+        basis=COMPUTED,
         evidence=f"MC {n} draws of (W,x) per (d1,d2); worst {fmt_z(worst_z(zs))}",
         data={"z": zs},
     )
@@ -126,6 +127,7 @@ def gaussian_output(claim, ctx) -> Finding:
     return Finding(
         measured="; ".join(rows),
         verdict=NO if any(not accept(z) for z in zs) else YES,
+        basis=COMPUTED,
         evidence=f"MC {draws} draws per d1; Gaussian would give 0: {', '.join(fmt_z(z) for z in zs)}",
         data={"excess_kurtosis": data, "z": zs},
     )
@@ -156,6 +158,7 @@ def signgd_sq_rms(claim, ctx) -> Finding:
     return Finding(
         measured="E‖y'‖²_RMS " + "; ".join(rows),
         verdict=verdict_by_z(zs),
+        basis=COMPUTED,
         evidence=f"MC {n} draws per (d1,d2), d2∈{SIGN_D2}; claim at d1={SIGN_D1[-1]}: "
         f"{fmt(formula(SIGN_D1[-1]))}; worst {fmt_z(worst_z(zs))}",
         data={"z": zs},
@@ -182,6 +185,7 @@ def signgd_scaling(claim, ctx) -> Finding:
         measured=f"slope d(log E‖y'‖²_RMS)/d(log d1) = {slope} (d1 {big[0]}→{big[1]}); "
         f"d2 effect worst {fmt_z(worst_z(flat_z))}",
         verdict=verdict,
+        basis=COMPUTED,
         evidence=f"MC, claimed exponent {claimed:g}: {fmt_z(z_slope)}; d2∈{SIGN_D2}",
         data={"slope": slope.mean, "z": z_slope},
     )
@@ -194,6 +198,7 @@ def only_d1_matters(claim, ctx) -> Finding:
     return Finding(
         measured=f"E‖y'‖²_RMS across d2∈{SIGN_D2} differs by worst {fmt_z(worst_z(zs))}",
         verdict=verdict_by_z(zs),
+        basis=COMPUTED,
         evidence=f"MC at d1∈{SIGN_D1}: every row of sign(g xᵀ)x is ±Σ|x_k|",
         data={"z": zs},
     )
@@ -210,7 +215,7 @@ def signgd_constant(claim, ctx) -> Finding:
     """q1b-const: after multiplying the update by c(d1), is E‖c y'‖_RMS (or its square) equal to 1?"""
     name = claim.params.get("constant")
     if name is None:
-        return Finding("—", NA, "the answer gives no constant to test")
+        return Finding("—", NA, "the answer gives no constant to test", basis=TEXT)
     c = UPDATE_CONSTANTS[name]
     squared = claim.params.get("target") == "squared"
     samples = _signgd_samples(ctx)
@@ -225,6 +230,7 @@ def signgd_constant(claim, ctx) -> Finding:
     return Finding(
         measured=f"{what} with c={name}: " + "; ".join(rows),
         verdict=verdict_by_z(zs),
+        basis=COMPUTED,
         evidence=f"MC, target 1 at every d1; worst {fmt_z(worst_z(zs))}",
         data={"z": zs},
     )
@@ -238,6 +244,7 @@ def signgd_pathwise(claim, ctx) -> Finding:
     return Finding(
         measured=f"max relative gap |‖y'‖²_RMS − (Σ|x|)²|/(Σ|x|)² = {fmt(worst)}",
         verdict=YES if worst < 1e-12 else NO,
+        basis=COMPUTED,
         evidence=f"{draws} draws, float64, tolerance 1e-12",
         data={"worst": worst},
     )
@@ -265,6 +272,7 @@ def signgd_g_magnitude(claim, ctx) -> Finding:
     return Finding(
         measured="; ".join(rows),
         verdict=verdict_by_z(zs),
+        basis=COMPUTED,
         evidence=f"MC {draws} draws, d1={d1}, d2={d2}; claimed factor {', '.join(fmt_z(z) for z in zs)}",
         data={"factor": data, "z": zs},
     )
@@ -299,10 +307,13 @@ def table3_lr(claim, ctx) -> Finding:
     mup_ok = accept(z_mup)
     sp_ok = sp_exp is not None and float(sp_exp) == TABLE3_SP_EXPONENT
     verdict = YES if mup_ok and sp_ok else (PARTLY if mup_ok or sp_ok else NO)
+    # A wrong μP exponent is refuted by the simulation alone; any other verdict needs the SP entry.
+    basis = COMPUTED if not mup_ok and not sp_ok else TEXT
     return Finding(
         measured=f"RMS(ΔW h) ∝ η·fan_in^{slope} ⇒ Θ(1) needs η ∝ fan_in^{fmt(-slope.mean)}; "
         f"claimed μP η ∝ fan_in^{mup_exp:g}: {fmt_z(z_mup)}; claimed SP exponent {sp_exp} vs Table 3's 0",
         verdict=verdict,
+        basis=basis,
         evidence=f"MC one SignGD step, fan_in∈{TABLE3_FAN_IN}; μP part {'✓' if mup_ok else '✗'}, "
         f"SP part {'✓' if sp_ok else '✗'} (SP entry from the TP5 text)",
         data={"slope": slope.mean, "z": z_mup},
@@ -318,6 +329,7 @@ def update_vanishes(claim, ctx) -> Finding:
     return Finding(
         measured=f"with η=1/fan_in RMS(Δh) ∝ fan_in^{at_mup}",
         verdict=YES if accept(z) else NO,
+        basis=COMPUTED,
         evidence=f"MC one SignGD step, fan_in∈{TABLE3_FAN_IN}; claimed exponent {claimed:g}: {fmt_z(z)}",
         data={"exponent": at_mup.mean, "z": z},
     )
@@ -356,11 +368,15 @@ def desideratum_rms(claim, ctx) -> Finding:
     zs = [slopes[k].z(claimed) for k in ("‖h‖_RMS", "‖Δh‖_RMS")]
     holds = all(accept(z) for z in zs)
     verdict = YES if holds else (PARTLY if claim.params.get("also_stated_correctly") else NO)
+    # "Stated right, then wrong" is a reading of the answer; the simulation decides the rest.
+    basis = JUDGEMENT if verdict == PARTLY else COMPUTED
     return Finding(
         measured="; ".join(f"{k} ∝ n^{v}" for k, v in slopes.items()),
         verdict=verdict,
+        basis=basis,
         evidence=f"MC μP layer, n∈{DESID_WIDTHS}; claimed RMS exponent {claimed:g}: "
-        + ", ".join(fmt_z(z) for z in zs),
+        + ", ".join(fmt_z(z) for z in zs)
+        + ("; ~ as the answer first states the Θ(1) form, then this one" if verdict == PARTLY else ""),
         data={"z": zs},
     )
 
@@ -384,6 +400,7 @@ def rms_operator_norm(claim, ctx) -> Finding:
         measured=f"top singular vector attains √(n_in/n_out)‖A‖_* to {fmt(worst_gap)}; "
         f"{exceed} of {3 * probes} random x exceed it",
         verdict=YES if worst_gap < 1e-10 and exceed == 0 else NO,
+        basis=COMPUTED,
         evidence="numpy SVD, shapes 32×128, 128×32, 64×64",
         data={"gap": worst_gap, "exceed": exceed},
     )
@@ -403,6 +420,7 @@ def entry_rms_rank_one(claim, ctx) -> Finding:
     return Finding(
         measured=f"entry RMS ∝ m^{fmt(slope)} (m=64: {fmt(values[0])} = 1/{fmt(1 / values[0])})",
         verdict=YES if abs(slope - claimed) < 0.05 else NO,
+        basis=COMPUTED,
         evidence=f"exact rank-1 ΔW, n=m∈{widths}; claimed exponent {claimed:g}",
         data={"slope": slope},
     )
@@ -427,6 +445,7 @@ def spectral_upper_bound(claim, ctx) -> Finding:
     return Finding(
         measured=f"max ‖Wh‖/(‖W‖_*‖h‖) = {fmt(worst)} ≤ 1; μP update ‖ΔW‖_* ∝ (n_out/n_in)^{fmt(slope)}",
         verdict=YES if ok else NO,
+        basis=COMPUTED,
         evidence=f"numpy, n_out/n_in∈{ratios}; claimed exponent {claimed:g}",
         data={"worst": worst, "slope": slope},
     )
@@ -478,12 +497,66 @@ def lower_bound_assumption(claim, ctx) -> Finding:
     holds = accept(slope.z(claimed)) and ests[-1].mean > 0.2
     if key == "aligned":  # ChatGPT's also needs random W to act at a fixed fraction of its spectral norm
         holds = holds and numbers["gaussian"][0][-1].mean > 0.3
+    verdict = verdict_if_true if holds else NO
+    # Crediting a mechanism the answer only names ("spectral alignment") is a reading.
+    basis = JUDGEMENT if verdict == PARTLY else COMPUTED
     desc = "; ".join(f"{k}: ∝ m^{fmt(v[1].mean, 2)} (m={LOWER_WIDTHS[-1]}: {fmt(v[0][-1].mean, 3)})"
                      for k, v in numbers.items())
     return Finding(
         measured=desc,
-        verdict=verdict_if_true if holds else NO,
+        verdict=verdict,
+        basis=basis,
         evidence=f"numpy, m∈{LOWER_WIDTHS}; the answer relies on '{key}' staying Θ(1): "
-        f"slope {slope} ({fmt_z(slope.z(claimed))})",
+        f"slope {slope} ({fmt_z(slope.z(claimed))})"
+        + ("; ~ as the answer only names the mechanism" if verdict == PARTLY else ""),
         data={"slope": {k: v[1].mean for k, v in numbers.items()}},
+    )
+
+
+# ---------------------------------------------------------------- Q1(b): the RMS itself, and c's approximation
+
+
+def signgd_rms(claim, ctx) -> Finding:
+    """q1b-scaling/chatgpt-rms: E‖y'‖_RMS = d1·√(2/π) (each row of y' is ±Σ|x_k|, and E|x_k| = √(2/π))."""
+    samples = _signgd_samples(ctx)
+    zs, rows = [], []
+    for d1 in SIGN_D1:
+        est = mc_mean(np.sqrt(np.concatenate([samples[(d1, d2)][0] for d2 in SIGN_D2])))
+        zs.append(est.z(d1 * math.sqrt(2 / math.pi)))
+        rows.append(f"d1={d1}: {est} (d1√(2/π)={fmt(d1 * math.sqrt(2 / math.pi))})")
+    return Finding(
+        measured="E‖y'‖_RMS " + "; ".join(rows),
+        verdict=verdict_by_z(zs),
+        basis=COMPUTED,
+        evidence=f"MC pooled over d2∈{SIGN_D2}; worst {fmt_z(worst_z(zs))}",
+        data={"z": zs},
+    )
+
+
+def constant_approximation(claim, ctx) -> Finding:
+    """q1b-const/chatgpt-approx: the exact c = 1/√(E‖y'‖²_RMS) is ≈ √(π/2)/d1 — their ratio → 1 as d1 grows.
+
+    E‖y'‖²_RMS is the MC estimate (not the closed form), so the comparison rests on the simulation.
+    """
+    samples = _signgd_samples(ctx)
+    approx = UPDATE_CONSTANTS["sqrt(pi/2)/d1"]
+    rows, gaps = [], []
+    for d1 in SIGN_D1:
+        sq = mc_mean(np.concatenate([samples[(d1, d2)][0] for d2 in SIGN_D2]))
+        exact = 1 / math.sqrt(sq.mean)
+        gap = exact / approx(d1) - 1
+        se = 0.5 * sq.se / sq.mean  # delta method for 1/√mean
+        gaps.append(Estimate(gap, se, sq.n))
+        rows.append(f"d1={d1}: c={fmt(exact)} vs √(π/2)/d1={fmt(approx(d1))} (gap {gap:+.2%} ± {se:.2%})")
+    tolerance = float(claim.params.get("tolerance", 0.02))
+    big = [g for d1, g in zip(SIGN_D1, gaps) if d1 >= 64]
+    # "≈" holds when the gap is within tolerance wherever d1 is not tiny (its SE counted against it).
+    ok = all(abs(g.mean) + 2 * g.se < tolerance for g in big)
+    return Finding(
+        measured="; ".join(rows),
+        verdict=YES if ok else NO,
+        basis=COMPUTED,
+        evidence=f"MC E‖y'‖²_RMS pooled over d2∈{SIGN_D2}; ≈ taken as |gap| < {tolerance:.0%} for d1 ≥ 64 "
+        "(the exact gap is 1/√(1+(π/2−1)/d1) − 1, shrinking like 1/d1)",
+        data={"gap": {d1: g.mean for d1, g in zip(SIGN_D1, gaps)}},
     )

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import NO, YES, Finding, exact_slope, fmt, rel_error
+from .common import COMPUTED, NO, YES, Finding, exact_slope, fmt, rel_error
 
 M, N, K = 20, 500, 4
 
@@ -53,6 +53,7 @@ def first_order_conditions(claim, ctx) -> Finding:
     return Finding(
         measured=f"relative error vs autograd: ∂W1 {fmt(e1)}, ∂W2 {fmt(e2)}",
         verdict=YES if max(e1, e2) < 1e-10 else NO,
+        basis=COMPUTED,
         evidence=f"torch float64 autograd, random W1,W2, X {M}×{N}, k={K}",
         data={"err_W1": e1, "err_W2": e2},
     )
@@ -79,6 +80,7 @@ def summary_equation(claim, ctx) -> Finding:
         measured=f"lhs {lhs.shape[0]}×{lhs.shape[1]}, rhs {rhs.shape[0]}×{rhs.shape[1]}: not comparable; "
         f"with the dropped W1ᵀ restored the residual at PCA is {fmt(fixed)}",
         verdict=NO if lhs.shape != rhs.shape else YES,
+        basis=COMPUTED,
         evidence=f"numpy shapes, m={M}, k={K}",
         data={"lhs_shape": lhs.shape, "rhs_shape": rhs.shape},
     )
@@ -100,6 +102,7 @@ def step_by_step_gradient(claim, ctx) -> Finding:
         measured=f"2W2ᵀW2W1XXᵀ vs autograd {fmt(correct)}; answer's 2W1XXᵀW2ᵀW2: "
         f"{'shape error (' + clash + ')' if clash else fmt(answer)} at k={K}; rel. error {fmt(square)} at k=m",
         verdict=YES if answer is not None and answer < 1e-10 else NO,
+        basis=COMPUTED,
         evidence=f"torch float64 autograd, X {M}×{N}",
         data={"correct_err": correct, "square_err": square, "shape_error": clash is not None},
     )
@@ -119,6 +122,7 @@ def pca_is_critical(claim, ctx) -> Finding:
         measured=f"relative ‖∇W1‖,‖∇W2‖ at PCA {fmt(pca['rel_grad_W1'])}, {fmt(pca['rel_grad_W2'])}; "
         f"random orthonormal frame ∇W2 {fmt(rnd['rel_grad_W2'])}; commutator ‖[U_kU_kᵀ, XXᵀ]‖/‖XXᵀ‖ {fmt(commutator)}",
         verdict=YES if ok and commutator < 1e-10 else NO,
+        basis=COMPUTED,
         evidence=f"repro.autoencoder.theory.critical_point_report, X {M}×{N}, k={K}",
         data={"pca": pca, "random": rnd, "commutator": commutator},
     )
@@ -136,6 +140,7 @@ def false_identity(claim, ctx) -> Finding:
         measured=f"U_kᵀXXᵀU_k is {left.shape[0]}×{left.shape[1]}, U_kᵀXXᵀ is {right.shape[0]}×{right.shape[1]}; "
         f"U_kᵀXXᵀ = Σ_k²U_kᵀ residual {fmt(correct)}",
         verdict=YES if left.shape == right.shape and rel_error(left, right) < 1e-10 else NO,
+        basis=COMPUTED,
         evidence=f"numpy, m={M}, k={K}",
         data={"correct_identity_err": correct},
     )
@@ -157,6 +162,7 @@ def two_linear_layers(claim, ctx) -> Finding:
     return Finding(
         measured=f"nn.Sequential(Linear(m,k), Linear(k,m)) vs W2W1X: {fmt(err)}; weights {W1.shape}, {W2.shape}",
         verdict=YES if err < 1e-12 else NO,
+        basis=COMPUTED,
         evidence="one layer would be a single m×m map with no rank-k code",
         data={"err": err},
     )
@@ -186,6 +192,7 @@ def mse_plus_weight_decay(claim, ctx) -> Finding:
     return Finding(
         measured=f"SGD step with wd=2λ/m vs ∇L_λ/m: {fmt(err)}; with wd=2λ (MSELoss unscaled): {fmt(err_naive)}",
         verdict=YES if err < 1e-10 else NO,
+        basis=COMPUTED,
         evidence=f"torch SGD, λ={lam}, m={M}; right tools, but the scale (wd=2λ/m, or loss×m) is left unstated",
         data={"err": err, "err_naive": err_naive},
     )
@@ -233,6 +240,7 @@ def components_needed(claim, ctx) -> Finding:
     return Finding(
         measured="relative gap to the closed-form minimum of L_λ: " + ", ".join(f"{k}: {fmt(v)}" for k, v in gaps.items()),
         verdict=YES if ok else NO,
+        basis=COMPUTED,
         evidence=f"full-batch GD {steps} steps, m={X.shape[0]}, n={X.shape[1]}, k={AE_K}, λ={fmt(lam)}; "
         "dropout/LayerNorm/BatchNorm not simulated (they change the model, not the penalty)",
         data={"gaps": gaps},
@@ -259,6 +267,7 @@ def orthonormal_decoder(claim, ctx) -> Finding:
         measured="‖W2ᵀW2−I‖_F at λ/s_k = 0.03, 0.1, 0.3: " + ", ".join(fmt(d) for d in deviations)
         + f" (∝ λ^{fmt(slope, 3)}); λ=0: {fmt(at_zero)}; max |sv(W2) − √(1−λ/s_i)| {fmt(max(sv_errors))}",
         verdict=YES if ok else NO,
+        basis=COMPUTED,
         evidence=f"full-batch GD (= SGD+WD) {steps} steps from N(0,0.25) init, m={X.shape[0]}, k={AE_K}",
         data={"deviations": deviations, "slope": slope, "at_zero": at_zero, "sv_err": max(sv_errors)},
     )
