@@ -77,6 +77,6 @@ def test_learn1_searches_the_text(tmp_path):
 
 def test_blog_claim_quotes_are_in_the_post():
     text = "\n".join(blog.POST1_QUOTES)
-    for claim_id in ("rn-blog-flops", "rn-blog-total", "rn-blog-40s", "rn-blog-297"):
+    for claim_id in ("rn-blog-flops", "rn-blog-total", "rn-blog-40s", "rn-blog-per-epoch", "rn-blog-297"):
         for part in by_id()[claim_id].quote.replace(";", "…").split("…"):
             assert part.strip(" .") in text, (claim_id, part)

@@ -47,8 +47,8 @@ EXPECTED = {
     # HW7 Q4
     "rn-hallu": N, "rn-3x": N, "rn-learn1": N, "rn-retry-a": Y, "rn-retry-b": P, "rn-retry-c": N,
     # the post's own arithmetic: 0.92 GFLOP forward × 3 ≈ 2.76e9 (page-resnet.md); 2.8e9·5e4·35 = 4.9e15;
-    # 5e15/1.25e14 = 40 s; 323 − 15 − 7 − 4 = 297
-    "rn-blog-flops": Y, "rn-blog-total": Y, "rn-blog-40s": Y, "rn-blog-297": Y,
+    # 5e15/1.25e14 = 40 s; 15 s / 35 = 0.43 s per epoch; 323 − 15 − 7 − 4 = 297
+    "rn-blog-flops": Y, "rn-blog-total": Y, "rn-blog-40s": Y, "rn-blog-per-epoch": Y, "rn-blog-297": Y,
 }
 
 # What each verdict rests on. Judgement: readings of the answer (a different question answered,

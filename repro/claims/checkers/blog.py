@@ -214,6 +214,21 @@ def peak_seconds(claim, ctx) -> Finding:
     )
 
 
+def saving_per_epoch(claim, ctx) -> Finding:
+    """rn-blog-per-epoch: a 15 s saving over the 35 epochs is "almost half a second per epoch"."""
+    p = claim.params
+    epochs = _epochs()
+    per_epoch = p["saving"] / epochs
+    low, high = p["almost"]
+    return Finding(
+        measured=f"{fmt(p['saving'])} s / {fmt(epochs)} epochs = {per_epoch:.3f} s per epoch",
+        verdict=YES if low <= per_epoch < high else NO,
+        basis=COMPUTED,
+        evidence=f"epochs from the stage configs' LR schedule; 'almost half a second' taken as [{low}, {high}) s",
+        data={"per_epoch": per_epoch},
+    )
+
+
 def savings_add_up(claim, ctx) -> Finding:
     """rn-blog-297: 323 s − 15 − 7 − 4 = 297 s, each saving against the stage times in the configs."""
     from .resnet import blog_seconds
