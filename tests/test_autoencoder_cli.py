@@ -84,7 +84,7 @@ def test_everything_dead_warns_and_still_reports(tmp_path, capsys):
 
 
 def test_interrupt_writes_an_interrupted_record(tmp_path, capsys, monkeypatch):
-    def interrupted_run(X, settings, progress, partial):
+    def interrupted_run(X, settings, progress, partial, bars):
         partial.checks.append(checks.Check("A: something", 0.0, 0.0, "<= 1", "PASS", "test"))
         raise KeyboardInterrupt
 

@@ -5,6 +5,7 @@ W2 nearly orthonormal, sigma_i(W2) = sqrt(1 - lam/s_i)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -17,15 +18,14 @@ from ..errors import UserError, cli_main
 from ..runlog import append_record, new_record
 from . import checks as experiment
 from . import theory
-from .data import DATASETS, load
+from .data import DATASETS, load, named_spectrum
 from .train import TRAINERS
 
 DEFAULT_PLOT = "logs/autoencoder_singular_values.png"
-# Defaults per data set where the generic ones do not converge. Image patches have a dominant
-# mean-brightness direction and small eigengaps past the 4th component, so: k = 4 (gap s4/s5 ~ 2),
-# 4x4x3 patches, and a step budget the slow balance mode can finish in (~1 min on 2 cores).
-GENERIC_DEFAULTS = {"k": 5, "n": 500, "patch": 8, "max_steps": None}
-DATASET_DEFAULTS = {"cifar": {"k": 4, "n": 2000, "patch": 4, "max_steps": 20000}}
+# Defaults per data set. Image patches have a dominant mean-brightness direction and small
+# eigengaps past the 4th component, so: k = 4 (gap s4/s5 ~ 2) and 4x4x3 patches.
+GENERIC_DEFAULTS = {"k": 5, "n": 500, "patch": 8}
+DATASET_DEFAULTS = {"cifar": {"k": 4, "n": 2000, "patch": 4}}
 
 
 def parse_args(argv):
@@ -35,17 +35,25 @@ def parse_args(argv):
     p.add_argument("--m", type=int, default=20, help="synthetic: dimension (default 20)")
     p.add_argument("--n", type=int, default=None, help="points: synthetic (default 500) or cifar patches (default 2000)")
     p.add_argument("--k", type=int, default=None, help="code size (default 5; cifar 4)")
-    p.add_argument("--spectrum", default=None, help="synthetic: m comma-separated distinct eigenvalues of C")
+    p.add_argument("--spectrum", default=None,
+                   help="synthetic: m comma-separated distinct eigenvalues of C, or geometric[:SPAN] (1 down to "
+                        "1/SPAN, default 1000) or power[:A] (s_i = i^-A, default 1)")
     p.add_argument("--cifar-path", default=None, help="cifar: CIFAR-10 source for repro.data.load_cifar10 ('synthetic' works offline)")
     p.add_argument("--patch", type=int, default=None, help="cifar: patch side (m = 3 patch^2, default 4)")
     p.add_argument("--lam", type=float, default=None, help="one lam (L_lam units); replaces the sweep")
     p.add_argument("--lams", default=None, help="comma-separated lam values for the sweep")
     p.add_argument("--lam-ratios", default=",".join(f"{r:g}" for r in experiment.DEFAULT_RATIOS),
                    help="default sweep as lam/s_k (default 1e-3,0.01,0.1)")
-    p.add_argument("--lr", type=float, default=None, help="torch SGD lr (default: 0.9 of the GD stability bound)")
-    p.add_argument("--steps", type=int, default=None, help="steps per lam>0 run (default: enough for the balance mode)")
+    p.add_argument("--optimizer", choices=experiment.OPTIMIZERS, default="momentum",
+                   help="the sweep's optimiser: momentum (default: SGD heavy ball tuned to the curvature, adaptive "
+                        "restart, full batch through C = XX^T/n, stop on convergence) or gd (the old plain loop: "
+                        "no momentum, nn.MSELoss over the rows, a fixed step count)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="torch SGD lr of the sweep (default: from the curvature; momentum follows from it)")
+    p.add_argument("--steps", type=int, default=None, help="fixed steps per lam>0 run (default: stop on convergence)")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="cap on the automatic step count (default 30000 * 10^4/(m n), at least 1000; cifar 20000)")
+                   help=f"cap on every run (default: sweep {experiment.SWEEP_MAX_STEPS}, lam=0 controls "
+                        f"{experiment.CONTROL_MAX_STEPS}, minibatch {experiment.MINIBATCH_MAX_STEPS})")
     p.add_argument("--batch-size", type=int, default=50, help="batch of the minibatch (noise-floor) run; 0 skips it")
     p.add_argument("--trainer", choices=TRAINERS, default="plain")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
@@ -74,8 +82,10 @@ def validate(args, s: np.ndarray, m: int) -> list[float]:
         raise UserError(f"--k must satisfy 0 < k < m = {m}, got k={args.k}")
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise UserError(f"--lr must be positive, got {args.lr}")
-    if args.steps is not None and args.steps <= 0:
-        raise UserError(f"--steps must be positive, got {args.steps}")
+    for option in ("steps", "max_steps"):
+        value = getattr(args, option)
+        if value is not None and value <= 0:
+            raise UserError(f"--{option.replace('_', '-')} must be positive, got {value}")
     if args.lam is not None:
         lams = [args.lam]
     elif args.lams is not None:
@@ -105,7 +115,37 @@ def _fmt(value) -> str:
         return value
     if value == 0:
         return "0"
-    return f"{value:.7g}"
+    return f"{value:.4g}"
+
+
+def lam_text(lam: float) -> str:
+    """lam to 4 significant digits: 0.001 * s_k prints as 0.0008472, not 0.0008471999999999999."""
+    return f"{lam:.4g}"
+
+
+@contextlib.contextmanager
+def progress_bars(quiet: bool):
+    """A factory of rich progress bars, one per training run (none with --quiet). The total is the
+    run's estimated step count; a run that stops on convergence ends the bar where it stopped."""
+    if quiet:
+        yield experiment._no_bar
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                  TimeElapsedColumn()) as progress:
+
+        @contextlib.contextmanager
+        def bar(label: str, total: int):
+            task = progress.add_task(label, total=total)
+
+            def update(step: int) -> None:
+                progress.update(task, completed=step, total=max(total, step))
+
+            yield update
+            progress.update(task, total=progress.tasks[task].completed)
+
+        yield bar
 
 
 def print_table(checks, quiet: bool) -> None:
@@ -163,7 +203,11 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _one_line_warning  # restored when the block exits
-        eigenvalues = _floats(args.spectrum, "--spectrum") if args.spectrum else None
+        eigenvalues = None
+        if args.spectrum:
+            eigenvalues = named_spectrum(args.spectrum, args.m)
+            if eigenvalues is None:
+                eigenvalues = _floats(args.spectrum, "--spectrum")
         n = args.n
         if args.m <= 0 or n <= 0:
             raise UserError(f"--m and --n must be positive, got m={args.m}, n={n}")
@@ -181,7 +225,7 @@ def _run(args, data, s, lams, say) -> int:
     X, m, k = data.X, data.m, args.k
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     settings = experiment.Settings(k=k, lams=tuple(lams), default_sweep=args.lam is None and args.lams is None,
-                                   lr=args.lr, steps=args.steps, max_steps=args.max_steps,
+                                   lr=args.lr, steps=args.steps, max_steps=args.max_steps, optimizer=args.optimizer,
                                    batch_size=args.batch_size, seed=args.seed, dtype=dtype, trainer=args.trainer,
                                    log_dir=args.log_dir)
     say(f"data: {data.description}; m={m}, n={data.n}; centred (mean point subtracted)")
@@ -198,7 +242,8 @@ def _run(args, data, s, lams, say) -> int:
     report = experiment.Report()
     start = time.perf_counter()
     try:
-        experiment.run(X, settings, progress=say, partial=report)
+        with progress_bars(args.quiet) as bars:
+            experiment.run(X, settings, progress=say, partial=report, bars=bars)
     except KeyboardInterrupt:
         record = new_record("autoencoder", status="interrupted", **record_fields,
                             checks=[c.as_record() for c in report.checks])
@@ -207,12 +252,13 @@ def _run(args, data, s, lams, say) -> int:
         return 130
     seconds = time.perf_counter() - start
 
-    lr = report.lr
-    for lam in lams:
-        wd = theory.weight_decay_for(lam, m)
-        say(f"lam={lam:.4g} -> weight_decay = 2 lam/m = {wd:.4g}")
-    say(f"torch lr = {lr:.4g}: one SGD step = one GD step on L_lam of size lr/m = {lr / m:.4g} "
-        f"(stability bound for GD on L_lam: 1/(2 s_1) = {1 / (2 * s[0]):.4g} at a balanced point)")
+    for run in report.runs:
+        say(f"{run['run']}: lam={lam_text(run['weight_decay'] * m / 2)} -> weight_decay = 2 lam/m = "
+            f"{run['weight_decay']:.4g}; SGD lr {run['lr']:.4g} (a GD step of lr/m = {run['lr'] / m:.3g} on L_lam), "
+            f"momentum {run['momentum']:.4g}{' + restart' if run['adaptive_restart'] and run['momentum'] else ''}, "
+            f"{run['objective']} objective, batch {run['batch_size']}: {run['steps']} steps ({run['stop']}), "
+            f"{run['seconds']:.1f} s")
+    say(f"(stability bound for GD on L_lam: 1/(2 s_1) = {1 / (2 * s[0]):.4g} at a balanced point)")
     for note in report.notes:
         print(f"note: {note}")
     print_table(report.checks, args.quiet)
@@ -223,10 +269,10 @@ def _run(args, data, s, lams, say) -> int:
     failed = [c for c in report.checks if c.verdict == "FAIL"]
     status = "ok" if not failed else "fail"
     record = new_record(
-        "autoencoder", status=status, **record_fields, lr=lr, seconds=seconds,
-        steps={f"{p.lam:.6g}": p.steps for p in report.sweep},
-        singular_values={f"{p.lam:.6g}": p.singular_values.tolist() for p in report.sweep},
-        checks=[c.as_record() for c in report.checks], notes=report.notes,
+        "autoencoder", status=status, **record_fields, lr=report.lr, seconds=seconds, optimizer=args.optimizer,
+        steps={lam_text(p.lam): p.steps for p in report.sweep},
+        singular_values={lam_text(p.lam): p.singular_values.tolist() for p in report.sweep},
+        runs=report.runs, checks=[c.as_record() for c in report.checks], notes=report.notes,
     )
     path = append_record(record, args.log_dir)
     passed = sum(c.verdict == "PASS" for c in report.checks)

@@ -45,6 +45,26 @@ def default_spectrum(m: int, k: int) -> np.ndarray:
     return np.concatenate([top, tail])
 
 
+SPECTRA = ("geometric", "power")
+
+
+def named_spectrum(text: str, m: int) -> np.ndarray | None:
+    """'geometric[:SPAN]' (s_i from 1 down to 1/SPAN, default 1000) or 'power[:A]' (s_i = i^-A,
+    default 1); None when ``text`` names neither (then it is a list of values)."""
+    name, _, arg = text.partition(":")
+    if name not in SPECTRA:
+        return None
+    try:
+        value = float(arg) if arg else (1e3 if name == "geometric" else 1.0)
+    except ValueError:
+        raise UserError(f"--spectrum {name}:X wants a number, got {arg!r}") from None
+    if not (np.isfinite(value) and value > (1 if name == "geometric" else 0)):
+        raise UserError(f"--spectrum {text}: the {'span must be > 1' if name == 'geometric' else 'exponent must be > 0'}")
+    if name == "geometric":
+        return np.geomspace(1.0, 1.0 / value, m)
+    return np.arange(1, m + 1, dtype=np.float64) ** -value
+
+
 def synthetic(m: int, n: int, k: int, seed: int = 0, eigenvalues=None) -> Dataset:
     """Points whose covariance XX^T/n has EXACTLY the given eigenvalues (random eigenbasis)."""
     if n <= m:

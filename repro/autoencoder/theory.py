@@ -162,3 +162,22 @@ def critical_point_report(X, k: int, seed: int = 0) -> dict:
     outside[saddle_indices] = False
     report["saddle"]["predicted_loss"] = float(n * s[outside].sum())
     return report
+
+
+
+def smallest_curvature(s, k: int, lam: float) -> float:
+    """The smallest non-zero eigenvalue of the Hessian of L_lam at its global minimisers (lam > 0,
+    every direction alive): the rate-limiting mode for gradient methods.
+
+    In the eigenbasis of C, with d_i^2 = 1 - lam/s_i, the Hessian splits into blocks: per code
+    i <= k the pair (W1_ii, W2_ii) gives 4(s_i - lam) (gain) and 4 lam (the balance mode
+    W1 - W2^T); the k(k-1)/2 rotations are flat (zero); and for every i <= k < j the pair
+    (W1_ij, W2_ji) has the 2 x 2 block 2 [[d_i^2 s_j + lam, -s_j], [-s_j, s_i]], whose smaller
+    eigenvalue is ~2 lam for a direction with s_j ~ 0 and shrinks with the eigengap s_k - s_{k+1}.
+    """
+    s = _as64(s)
+    top, tail = s[:k], s[k:]
+    a = (1.0 - lam / top)[:, None] * tail[None, :] + lam
+    c = top[:, None]
+    block_min = (a + c) - np.sqrt((a - c) ** 2 + 4 * tail[None, :] ** 2)  # = 2 (mean - radius)
+    return float(min(4.0 * lam, block_min.min(initial=np.inf)))
