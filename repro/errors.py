@@ -66,22 +66,35 @@ def sigterm_as_interrupt():
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # None: the previous handler was not installed from Python; the default is closest
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextlib.contextmanager
 def signals_deferred():
-    """Hold Ctrl-C and SIGTERM back while inside (their handlers run as soon as it exits), for
-    steps that must not be cut in half: appending a record, starting DataLoader workers."""
+    """Hold Ctrl-C and SIGTERM back while inside, for steps that must not be cut in half
+    (appending a record, starting DataLoader workers); one that arrived is re-raised on exit,
+    to whatever handler was there before.
+
+    Python-level handlers rather than a signal mask: torch's threads would still take a
+    process-directed signal that the main thread has masked.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    pending = []
+
+    def hold(signum, frame):
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 def cli_main(func):

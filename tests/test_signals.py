@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from repro.errors import (EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, UserError, cli_main,
-                          interrupt_exit_code, interrupt_message)
+                          interrupt_exit_code, interrupt_message, signals_deferred)
 from repro.runlog import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +52,23 @@ def test_sigterm_unwinds_like_ctrl_c_and_a_second_one_waits(tmp_path):
     assert main([]) == 143
     assert time.perf_counter() - start < 5
     assert cleaned == [(Terminated, "terminated (SIGTERM)", 143)]
+
+
+def test_deferred_sigterm_arrives_after_the_critical_step():
+    steps = []
+
+    @cli_main
+    def main(argv):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("critical step finished")
+        steps.append("never reached")
+        return 0
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert main([]) == 143
+    assert steps == ["critical step finished"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
 def test_ctrl_c_is_not_mistaken_for_sigterm():
