@@ -95,13 +95,9 @@ def markdown(ladder, stats, autoencoder, plots, note) -> str:
                        f"{r['time_std']:.1f} | {acc} | {r['reached']}/{r['runs']} |")
         out.append("")
     if autoencoder:
-        out += ["## Autoencoder checks", "", "| run | λ | dataset | check | measured | predicted | tolerance | verdict |",
-                "|---|---|---|---|---|---|---|---|"]
-        for rec in autoencoder:
-            for c in rec.get("checks", []):
-                out.append(f"| {rec.get('run_id')} | {rec.get('lambda')} | {rec.get('dataset')} | {c.get('name')} | "
-                           f"{c.get('measured')} | {c.get('predicted')} | {c.get('tolerance')} | {c.get('verdict')} |")
-        out.append("")
+        from .autoencoder.table import markdown_sections
+
+        out += markdown_sections(autoencoder)
     out += ["## Plots", ""] + ([f"![{p.stem}]({p.name})" for p in plots] or [note]) + [""]
     return "\n".join(out)
 

@@ -19,6 +19,7 @@ from ..runlog import append_record, new_record
 from . import checks as experiment
 from . import theory
 from .data import DATASETS, load, named_spectrum
+from .table import fmt_value
 from .train import TRAINERS
 
 DEFAULT_PLOT = "logs/autoencoder_singular_values.png"
@@ -110,19 +111,6 @@ def validate(args, s: np.ndarray, m: int) -> list[float]:
     return lams
 
 
-def _fmt(value) -> str:
-    if isinstance(value, str):
-        return value
-    if value == 0:
-        return "0"
-    return f"{value:.4g}"
-
-
-def lam_text(lam: float) -> str:
-    """lam to 4 significant digits: 0.001 * s_k prints as 0.0008472, not 0.0008471999999999999."""
-    return f"{lam:.4g}"
-
-
 @contextlib.contextmanager
 def progress_bars(quiet: bool):
     """A factory of rich progress bars, one per training run (none with --quiet). The total is the
@@ -159,7 +147,7 @@ def print_table(checks, quiet: bool) -> None:
         table.add_column("why", style="dim")
     colour = {"PASS": "green", "FAIL": "bold red", "INFO": "cyan"}
     for c in checks:
-        row = [c.name, _fmt(c.measured), _fmt(c.predicted), c.tolerance, f"[{colour[c.verdict]}]{c.verdict}[/]"]
+        row = [c.name, fmt_value(c.measured), fmt_value(c.predicted), c.tolerance, f"[{colour[c.verdict]}]{c.verdict}[/]"]
         table.add_row(*(row if quiet else row + [c.why]))
     Console(width=max(160, Console().width)).print(table)
 
@@ -253,7 +241,7 @@ def _run(args, data, s, lams, say) -> int:
     seconds = time.perf_counter() - start
 
     for run in report.runs:
-        say(f"{run['run']}: lam={lam_text(run['weight_decay'] * m / 2)} -> weight_decay = 2 lam/m = "
+        say(f"{run['run']}: lam={fmt_value(run['weight_decay'] * m / 2)} -> weight_decay = 2 lam/m = "
             f"{run['weight_decay']:.4g}; SGD lr {run['lr']:.4g} (a GD step of lr/m = {run['lr'] / m:.3g} on L_lam), "
             f"momentum {run['momentum']:.4g}{' + restart' if run['adaptive_restart'] and run['momentum'] else ''}, "
             f"{run['objective']} objective, batch {run['batch_size']}: {run['steps']} steps ({run['stop']}), "
@@ -270,8 +258,8 @@ def _run(args, data, s, lams, say) -> int:
     status = "ok" if not failed else "fail"
     record = new_record(
         "autoencoder", status=status, **record_fields, lr=report.lr, seconds=seconds, optimizer=args.optimizer,
-        steps={lam_text(p.lam): p.steps for p in report.sweep},
-        singular_values={lam_text(p.lam): p.singular_values.tolist() for p in report.sweep},
+        steps={fmt_value(p.lam): p.steps for p in report.sweep},
+        singular_values={fmt_value(p.lam): p.singular_values.tolist() for p in report.sweep},
         runs=report.runs, checks=[c.as_record() for c in report.checks], notes=report.notes,
     )
     path = append_record(record, args.log_dir)
