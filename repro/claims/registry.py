@@ -1,4 +1,5 @@
-"""The claims registry: one entry per checkable claim in the catalogue (llm-claims.md §1).
+"""The claims registry: one entry per checkable claim in the catalogue (llm-claims.md §1), and
+the blog post's own arithmetic (``rn-blog-*``, the post's claims rather than an assistant's).
 
 Keys are the catalogue's ids; where one row covers several assistants with different answers,
 each answer is its own entry ``<catalogue id>/<assistant>`` so every answer gets a verdict.
