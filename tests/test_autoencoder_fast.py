@@ -159,3 +159,48 @@ def test_report_prints_lambda_and_values_with_sensible_precision():
     assert "| B angle | 8.123e-15 | — | <= 1e-08 rad | PASS |" in text  # a bound has no predicted value
     assert "| B gram | 0.001 | 0.001 |" in text and "2 pass, 0 fail, 0 info, 3.2 s" in text
     assert fmt_value(0) == "0" and fmt_value(None) == "—" and fmt_value("> 1e-3") == "> 1e-3"
+
+
+def test_zero_lam_prediction_takes_out_the_null_directions():
+    """Constant 'pixels' (null directions of C) get no encoder gradient at lam = 0: their share of
+    D stays where the init put it, and gamma(D0) is right only once it is taken out."""
+    X = np.vstack([synthetic(m=6, n=300, k=3, seed=4).X, np.zeros((4, 300))])
+    X = np.linalg.qr(np.random.default_rng(0).standard_normal((10, 10)))[0] @ X  # hide them in a rotation
+    s, U = theory.spectrum(X)
+    lr = checks.default_lr(s, 10, 3, seed=0, lams=[0.0])[0] / 5
+    result = train(X, TrainConfig(k=3, lam=0.0, lr=lr, steps=checks.control_steps(s, 3, lr, 10, None), seed=0))
+    null = U[:, s <= checks.NULL_VARIANCE * s[0]]
+    assert null.shape == (10, 4)
+    np.testing.assert_allclose(result.W1 @ null, result.W1_init @ null, atol=1e-14)
+    measured = np.sort(np.linalg.eigvalsh(result.W2.T @ result.W2))[::-1]
+
+    def rel_err(frozen):
+        gamma = theory.balance_eigenvalues_at_zero_lam(result.W1_init, result.W2_init, frozen=frozen)
+        return np.max(np.abs(measured - gamma) / gamma)
+
+    assert rel_err(null) < 0.02 < 0.04 < rel_err(None)
+
+
+def test_a_step_cap_makes_the_controls_info_not_fail():
+    X = synthetic(m=8, n=200, k=3, seed=2).X
+    s, _ = theory.spectrum(X)
+    lam = 0.1 * s[2]
+    lr, _ = checks.default_lr(s, 8, 3, 0, [lam])
+    capped = checks.Settings(k=3, max_steps=30)
+    report = checks.Report()
+    rows = checks.zero_lam_checks(X, s, 3, capped, lr, 0.1, report)
+    verdicts = {c.name: c.verdict for c in rows}
+    assert verdicts["lam=0, default init: eig(W2^T W2) vs gamma(D0), max rel err"] == "INFO"
+    assert verdicts["lam=0, default init: ||W2^T W2 - I||_2"] == "PASS"  # conservation decides it at any step
+    small = [c for c in rows if c.name.startswith("lam=0, init N(0,0.001^2): ||W2^T W2 - I||_2")][0]
+    assert small.verdict == "INFO" and small.measured > 0.9  # 30 steps: still near the saddle at 0
+    assert all("not decidable in the step budget" in c.why for c in rows if c.verdict == "INFO")
+    full = train(X, TrainConfig(k=3, lam=lam, lr=lr, steps=2000))
+    point = checks.SweepPoint(lam, 0.0, 2000, full, np.linalg.svd(full.W2, compute_uv=False),
+                              theory.predicted_singular_values(s, 3, lam))
+    mb = checks.minibatch_checks(X, s, 3, lam, checks.Settings(k=3, batch_size=20, max_steps=30), lr, point, report)
+    assert mb[0].verdict == "INFO" and "not decidable" in mb[0].why
+    assert [r["steps"] for r in report.runs] == [30, 30, 30]
+    # uncapped, the same controls are decided and pass
+    decided = checks.zero_lam_checks(X, s, 3, checks.Settings(k=3), lr, 0.1, checks.Report())
+    assert {c.verdict for c in decided} == {"PASS"}

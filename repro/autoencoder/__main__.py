@@ -54,7 +54,8 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=None, help="fixed steps per lam>0 run (default: stop on convergence)")
     p.add_argument("--max-steps", type=int, default=None,
                    help=f"cap on every run (default: sweep {experiment.SWEEP_MAX_STEPS}, lam=0 controls "
-                        f"{experiment.CONTROL_MAX_STEPS}, minibatch {experiment.MINIBATCH_MAX_STEPS})")
+                        f"{'-'.join(map(str, experiment.CONTROL_MAX_STEPS))} by problem size, minibatch "
+                        f"{experiment.MINIBATCH_MAX_STEPS})")
     p.add_argument("--batch-size", type=int, default=50, help="batch of the minibatch (noise-floor) run; 0 skips it")
     p.add_argument("--trainer", choices=TRAINERS, default="plain")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")

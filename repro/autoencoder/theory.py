@@ -100,14 +100,21 @@ def principal_angles(A, B) -> np.ndarray:
     return np.sort(np.arctan2(np.sort(sines), cosines))
 
 
-def balance_eigenvalues_at_zero_lam(W1_init, W2_init) -> np.ndarray:
+def balance_eigenvalues_at_zero_lam(W1_init, W2_init, frozen=None) -> np.ndarray:
     """Predicted eig(W2^T W2) after lam = 0 training from this init (descending).
 
     Gradient flow conserves D = W1 W1^T - W2^T W2; on the data-fit manifold W2 = U_k G and
     D = (G^T G)^-1 - G^T G, so each eigenvalue delta of D(0) gives gamma = (-delta + sqrt(delta^2+4))/2.
+    ``frozen`` (m x r, orthonormal columns): directions in the null space of C. The encoder's
+    components there get no gradient at lam = 0 and keep their init values, so their share
+    W1 F F^T W1^T of D is not on the fit manifold and is taken out first.
     """
     W1, W2 = _as64(W1_init), _as64(W2_init)
-    delta = np.linalg.eigvalsh(W1 @ W1.T - W2.T @ W2)
+    D = W1 @ W1.T - W2.T @ W2
+    if frozen is not None and np.size(frozen):
+        stuck = W1 @ _as64(frozen)
+        D = D - stuck @ stuck.T
+    delta = np.linalg.eigvalsh(D)
     gamma = (-delta + np.sqrt(delta**2 + 4.0)) / 2.0
     return np.sort(gamma)[::-1]
 
