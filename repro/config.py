@@ -1,13 +1,18 @@
-"""Stage and preset files (``configs/``) read into typed, validated dataclasses.
+"""Stage, preset and ladder files (``repro/configs/``) read into typed, validated objects.
 
 A stage file names its predecessor with ``extends`` and lists only what it changes, so the
-diff between two adjacent stages is the stage. Presets (``configs/presets/*.toml``) set the
-sizes: epochs, width, subset. Unknown keys and wrong types are errors, never ignored.
+diff between two adjacent stages is the stage, and the ladder order is the ``extends`` chain.
+Two tables are not inherited: ``[source]`` (the published time and accuracy belong to one
+stage) and ``description``; and a ``[net]`` table that sets ``arch`` starts the net afresh.
+The ``[net]`` keys are the keyword arguments of the named builder in ``repro.nets``.
+Presets (``presets/*.toml``) set sizes; ``ladders.toml`` names ranges of the chain.
+Unknown keys and wrong types are errors, never ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -21,9 +26,6 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10
     import tomli as tomllib
 
-STAGE_ORDER = ("baseline", "simplified", "preprocessed", "bulk_rng", "final")
-PRESETS = ("full", "cpu", "smoke")
-
 
 def configs_dir() -> Path:
     """``$REPRO_CONFIGS`` or the ``configs/`` folder shipped inside the package (the top-level
@@ -33,17 +35,17 @@ def configs_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class NetSection:
-    duplicate_bn_relu: bool = False
-    bn_weight_init: str = "uniform"
-
-
-@dataclass(frozen=True)
 class ScheduleSection:
+    """Piecewise-linear LR in mean-loss units over the stage's own epochs (the last knot)."""
+
     knots: tuple[float, ...] = (0, 15, 30, 35)
     lrs: tuple[float, ...] = (0.0, 0.1, 0.005, 0.0)
 
-    def lr_at(self, epoch: float, total_epochs: int) -> float:
+    @property
+    def epochs(self) -> float:
+        return float(self.knots[-1])
+
+    def lr_at(self, epoch: float, total_epochs: float) -> float:
         """LR at a fractional epoch; knots are stretched so the last one falls on total_epochs.
 
         A repeated knot is a zero-length segment, i.e. a jump: from that epoch on, the
@@ -62,85 +64,170 @@ class ScheduleSection:
 
 @dataclass(frozen=True)
 class OptimizerSection:
+    """SGD settings in mean-loss units; ``loss_reduction = "sum"`` trains with Page's summed loss,
+    lr / batch and weight decay x batch, which is the same update."""
+
     batch_size: int = 128
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    loss_reduction: str = "mean"
+    label_smoothing: float = 0.0
+    # parameter group of the biases (BN shifts, the whitening bias): post 8 step 6, airbench
+    bias_lr_factor: float = 1.0
+    bias_wd_factor: float = 1.0
+    # airbench: the whitening bias trains for this many epochs, then freezes (0 = never frozen)
+    freeze_whitening_bias_after: float = 0.0
 
 
 @dataclass(frozen=True)
 class LoaderSection:
-    preprocess: str = "once"  # "per_sample" | "once"
-    rng: str = "bulk"  # "per_sample" | "bulk"
-    workers: int = 0
+    backend: str = "dataloader"  # post 1's DataLoader modes | "device": the whole set as one tensor
+    preprocess: str = "once"  # dataloader: "per_sample" | "once"
+    rng: str = "bulk"  # dataloader: "per_sample" | "bulk"
+    workers: int = 0  # dataloader worker processes
+    pad: int = 4  # reflect padding before the random 32x32 crop
+    flip: str = "random"  # "random" | "alternating" (airbench) | "none"
+    cutout: int = 0  # side of the zeroed square; 0 = no cutout
+    max_groups: int = 200  # device backend: at most this many distinct choices per augmentation per epoch
+    drop_last: bool = False
 
 
 @dataclass(frozen=True)
-class BlogSection:
+class PrecisionSection:
+    # post 3: BN weights and arithmetic in fp32 under reduced precision (the blog's fp16 model cast BN too)
+    bn_fp32: bool = False
+
+
+@dataclass(frozen=True)
+class EmaSection:
+    kind: str = "none"  # "eval_copy" (post 8: evaluate an averaged copy) | "lookahead" (airbench: copy back)
+    momentum: float = 0.99  # per step; applied every `every` steps as momentum ** every
+    every: int = 5
+
+
+@dataclass(frozen=True)
+class EvaluationSection:
+    tta: str = "none"  # "flip" (post 8) | "multiview" (airbench: flip x {0, up-left, down-right})
+
+
+@dataclass(frozen=True)
+class SourceSection:
+    """What the stage's source published; read once here, shown beside every measurement."""
+
     seconds: float | None = None
+    accuracy: float | None = None
+    timing: str = "blog"  # which boundaries the seconds use: blog (incl. test passes) | dawnbench | airbench
+    hardware: str = "V100"
+    entry_seconds: float | None = None  # the number the ladder started from (Ben Johnson's 341 s)
     note: str = ""
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str = "custom"
-    epochs: int = 35
+    epochs: float | None = None  # every stage runs this many epochs (None: the stage's own x epoch_scale)
+    epoch_scale: float = 1.0
     width_divisor: int = 1
     train_images: int | None = None  # None: all
     test_images: int | None = None
     target_accuracy: float | None = None
     channels_last: bool = True
 
+    def epochs_for(self, stage: "StageConfig") -> float:
+        return self.epochs if self.epochs is not None else stage.schedule.epochs * self.epoch_scale
+
 
 @dataclass(frozen=True)
 class StageConfig:
     name: str
     description: str = ""
-    net: NetSection = field(default_factory=NetSection)
+    extends: str | None = None
+    net: dict[str, Any] = field(default_factory=lambda: {"arch": "dawn_resnet18"})
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     loader: LoaderSection = field(default_factory=LoaderSection)
-    blog: BlogSection = field(default_factory=BlogSection)
+    precision: PrecisionSection = field(default_factory=PrecisionSection)
+    ema: EmaSection = field(default_factory=EmaSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    source: SourceSection = field(default_factory=SourceSection)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+_SECTIONS = {"schedule": ScheduleSection, "optimizer": OptimizerSection, "loader": LoaderSection,
+             "precision": PrecisionSection, "ema": EmaSection, "evaluation": EvaluationSection,
+             "source": SourceSection}
+_NOT_INHERITED = ("source", "description")
+
 _CHOICES = {
+    ("loader", "backend"): ("dataloader", "device"),
     ("loader", "preprocess"): ("per_sample", "once"),
     ("loader", "rng"): ("per_sample", "bulk"),
-    ("net", "bn_weight_init"): ("uniform", "ones"),
+    ("loader", "flip"): ("random", "alternating", "none"),
+    ("optimizer", "loss_reduction"): ("mean", "sum"),
+    ("ema", "kind"): ("none", "eval_copy", "lookahead"),
+    ("evaluation", "tta"): ("none", "flip", "multiview"),
+    ("source", "timing"): ("blog", "dawnbench", "airbench"),
 }
+
+
+def _check_value(where: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of ``default``, or a UserError naming ``key``."""
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise UserError(f"{where}: {key} must be a list of numbers")
+        return tuple(value)
+    if default is None or isinstance(default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise UserError(f"{where}: {key} must be a number, not {value!r}")
+        return value
+    kind = type(default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"{where}: {key} must be {kind.__name__}, not {value!r}")
+    return value
 
 
 def _typed(cls, values: dict[str, Any], where: str, section: str = ""):
     """Build dataclass ``cls`` from ``values``: unknown keys and wrong types are UserErrors."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls) if f.name != "name"}
+    prefix = f"{section}." if section else ""
+    unknown = sorted(set(values) - set(defaults))
     if unknown:
-        prefix = f"{section}." if section else ""
-        raise UserError(
-            f"{where}: unknown config key {prefix}{unknown[0]}; valid keys here: "
-            + ", ".join(prefix + k for k in fields)
-        )
+        raise UserError(f"{where}: unknown config key {prefix}{unknown[0]}; valid keys here: "
+                        + ", ".join(prefix + k for k in defaults))
     out = {}
     for key, value in values.items():
-        default = getattr(cls(), key) if key != "name" else ""
-        kind = type(default)
-        if isinstance(default, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, (int, float)) for v in value):
-                raise UserError(f"{where}: {section}.{key} must be a list of numbers")
-            value = tuple(value)
-        elif default is None or isinstance(default, float):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise UserError(f"{where}: {section or 'preset'} key {key} must be a number, not {value!r}")
-        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise UserError(f"{where}: {section or 'preset'} key {key} must be {kind.__name__}, not {value!r}")
+        value = _check_value(where, prefix + key, value, defaults[key])
         allowed = _CHOICES.get((section, key))
         if allowed and value not in allowed:
-            raise UserError(f"{where}: {section}.{key} must be one of {', '.join(allowed)}, not {value!r}")
+            raise UserError(f"{where}: {prefix}{key} must be one of {', '.join(allowed)}, not {value!r}")
         out[key] = value
     return cls(**out)
+
+
+def _typed_net(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """The [net] table checked against the signature of its builder in ``repro.nets``."""
+    from .nets import ARCHITECTURES, build_net, net_options
+
+    arch = values.get("arch", "dawn_resnet18")
+    if arch not in ARCHITECTURES:
+        raise UserError(f"{where}: net.arch must be one of {', '.join(ARCHITECTURES)}, not {arch!r}")
+    options = net_options(arch)
+    unknown = sorted(set(values) - set(options) - {"arch"})
+    if unknown:
+        raise UserError(f"{where}: unknown config key net.{unknown[0]} for arch {arch}; valid keys here: net.arch, "
+                        + ", ".join(f"net.{k}" for k in options))
+    net = {"arch": arch}
+    for key, value in values.items():
+        if key != "arch":
+            net[key] = _check_value(where, f"net.{key}", value, options[key])
+    try:  # a tiny copy catches values the builder refuses (an unknown activation, say)
+        build_net(width_divisor=64, **net)
+    except ValueError as exc:
+        raise UserError(f"{where}: [net] {exc}") from None
+    return net
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -156,14 +243,45 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _merge(base: dict, over: dict) -> dict:
     merged = dict(base)
     for key, value in over.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        replaces_net = key == "net" and isinstance(value, dict) and "arch" in value
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not replaces_net:
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
     return merged
 
 
+def _stage_files(directory: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted((directory / "resnet").glob("*.toml"))}
+
+
+def _parent_of(path: Path) -> str | None:
+    parent = _read_toml(path).get("extends")
+    if parent is not None and not isinstance(parent, str):
+        raise UserError(f"{path}: extends must be a stage name")
+    return parent
+
+
 def available_stages(directory: Path | None = None) -> list[str]:
-    d = (directory or configs_dir()) / "resnet"
-    found = {p.stem for p in d.glob("*.toml")}
-    return [s for s in STAGE_ORDER if s in found] + sorted(found - set(STAGE_ORDER))
+    """Every stage, in ladder order: depth-first along the ``extends`` chain from the roots."""
+    files = _stage_files(directory or configs_dir())
+    children: dict[str | None, list[str]] = {}
+    for name, path in files.items():
+        children.setdefault(_parent_of(path), []).append(name)
+    order: list[str] = []
+
+    def visit(parent):
+        for child in children.get(parent, []):
+            if child not in order:
+                order.append(child)
+                visit(child)
+
+    visit(None)
+    return order + sorted(set(files) - set(order))  # a stage whose parent is missing: last
+
+
+def available_presets(directory: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in ((directory or configs_dir()) / "presets").glob("*.toml"))
 
 
 def _stage_path(name_or_path: str, directory: Path) -> Path:
@@ -184,50 +302,77 @@ def _resolve(name_or_path: str, directory: Path, seen: tuple[str, ...] = ()) -> 
     if str(path) in seen:
         raise UserError(f"{path}: 'extends' forms a cycle")
     raw = _read_toml(path)
-    parent = raw.pop("extends", None)
+    parent = raw.get("extends")
     if parent is None:
         return raw, str(path)
     if not isinstance(parent, str):
         raise UserError(f"{path}: extends must be a stage name")
     base, _ = _resolve(parent, directory, seen + (str(path),))
+    base = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
     return _merge(base, raw), str(path)
-
-
-_SECTIONS = {"net": NetSection, "schedule": ScheduleSection, "optimizer": OptimizerSection,
-             "loader": LoaderSection, "blog": BlogSection}
 
 
 def load_stage(name_or_path: str, directory: Path | None = None) -> StageConfig:
     directory = directory or configs_dir()
     raw, where = _resolve(name_or_path, directory)
-    sections = {}
+    sections: dict[str, Any] = {}
     for key, value in raw.items():
-        if key == "description":
+        if key in ("description", "extends"):
             continue
-        if key not in _SECTIONS:
-            raise UserError(f"{where}: unknown config key {key}; valid: description, extends, " + ", ".join(_SECTIONS))
+        if key not in _SECTIONS and key != "net":
+            raise UserError(f"{where}: unknown config key {key}; valid: description, extends, net, "
+                            + ", ".join(_SECTIONS))
         if not isinstance(value, dict):
             raise UserError(f"{where}: [{key}] must be a table")
-        sections[key] = _typed(_SECTIONS[key], value, where, key)
+        sections[key] = _typed_net(value, where) if key == "net" else _typed(_SECTIONS[key], value, where, key)
     schedule = sections.get("schedule", ScheduleSection())
     if len(schedule.knots) != len(schedule.lrs) or len(schedule.knots) < 2:
         raise UserError(f"{where}: schedule.knots and schedule.lrs need the same length (at least 2)")
     if any(b < a for a, b in zip(schedule.knots, schedule.knots[1:])) or schedule.knots[-1] <= 0:
         raise UserError(f"{where}: schedule.knots must be non-decreasing and end above 0")
-    if sections.get("loader", LoaderSection()).workers < 0:
-        raise UserError(f"{where}: loader.workers must be >= 0")
-    name = Path(name_or_path).stem
-    return StageConfig(name=name, description=str(raw.get("description", "")), **sections)
+    loader = sections.get("loader", LoaderSection())
+    if loader.workers < 0 or loader.pad < 0 or loader.cutout < 0 or loader.max_groups < 2:
+        raise UserError(f"{where}: loader.workers, pad and cutout must be >= 0 and max_groups >= 2")
+    if sections.get("optimizer", OptimizerSection()).batch_size < 1:
+        raise UserError(f"{where}: optimizer.batch_size must be >= 1")
+    return StageConfig(name=Path(name_or_path).stem, description=str(raw.get("description", "")),
+                       extends=raw.get("extends"), **sections)
 
 
 def load_preset(name: str, directory: Path | None = None) -> Preset:
     directory = directory or configs_dir()
     path = directory / "presets" / f"{name}.toml"
     if not path.exists():
-        raise UserError(f"unknown preset {name!r}; valid presets: auto, {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; valid presets: auto, {', '.join(available_presets(directory))}")
     preset = _typed(Preset, _read_toml(path), str(path))
-    if preset.epochs < 1 or preset.width_divisor < 1:
-        raise UserError(f"{path}: epochs and width_divisor must be >= 1")
+    if preset.width_divisor < 1 or preset.epoch_scale <= 0 or (preset.epochs is not None and preset.epochs <= 0):
+        raise UserError(f"{path}: epochs and epoch_scale must be > 0 and width_divisor >= 1")
     if any(n is not None and n < 1 for n in (preset.train_images, preset.test_images)):
         raise UserError(f"{path}: train_images and test_images must be >= 1 (leave them out for all images)")
     return dataclasses.replace(preset, name=name)
+
+
+def load_ladders(directory: Path | None = None) -> dict[str, list[str]]:
+    """Named ladders: ``name = ["first", "last"]`` in ladders.toml is that range of the chain;
+    ``all`` is the whole chain."""
+    directory = directory or configs_dir()
+    order = available_stages(directory)
+    path = directory / "ladders.toml"
+    ladders = {}
+    for name, ends in (_read_toml(path) if path.exists() else {}).items():
+        if not (isinstance(ends, list) and len(ends) == 2 and all(e in order for e in ends)):
+            raise UserError(f"{path}: {name} must be [first_stage, last_stage] of known stages")
+        first, last = order.index(ends[0]), order.index(ends[1])
+        ladders[name] = order[first:last + 1]
+    ladders["all"] = order
+    return ladders
+
+
+def run_epochs(preset: Preset, stage: StageConfig) -> float:
+    """Epochs this preset trains ``stage`` for, at least one optimiser step's worth."""
+    return max(preset.epochs_for(stage), 1e-9)
+
+
+def total_steps(epochs: float, steps_per_epoch: int) -> int:
+    """Training stops after ceil(epochs x steps per epoch) steps (airbench's 9.9 epochs = 476 steps)."""
+    return max(1, math.ceil(round(epochs * steps_per_epoch, 6)))

@@ -1,50 +1,165 @@
-"""The DAWNBench pre-activation ResNet-18 of post 1 (Ben Johnson's net, as Page reproduced it).
+"""The networks of the ladder, each built from a stage's ``[net]`` table.
 
-Widths 64/128/256/256 (the last stage is 256, not 512), two pre-activation blocks per stage,
-an average-pool ‖ max-pool head and a Linear layer with bias. The one switch that separates
-the baseline from the later stages is ``duplicate_bn_relu``: the original prep layer ends
-in BN-ReLU, immediately followed by the first block's own BN-ReLU.
+``[net] arch`` names a builder in ``ARCHITECTURES``; every other key of the table is a keyword
+argument of that builder, so a new switch is one keyword here and one line in a stage file
+(``repro.config`` checks the table against the builder's signature).
+
+* ``dawn_resnet18``: post 1's pre-activation ResNet-18 (Ben Johnson's DAWNBench net).
+* ``resnet9``: post 4's ResNet-9 with every post-8 switch (pool before BN, CELU, ghost BN,
+  frozen BN scales, 3x3 patch whitening, logit scale).
+* ``airbench94``: the 2024 record's net (2x2 whitening with a bias, identity-initialised convs).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-BASE_WIDTHS = (64, 128, 256, 256)
+NUM_CLASSES = 10
 
 
-@dataclass(frozen=True)
-class NetConfig:
-    duplicate_bn_relu: bool = False
-    width_divisor: int = 1
-    # PyTorch 0.4 initialised BN scales as U(0, 1); modern PyTorch uses 1.
-    bn_weight_init: str = "uniform"
-    num_classes: int = 10
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return tuple(max(1, w // self.width_divisor) for w in BASE_WIDTHS)
+def _width(channels: int, divisor: int) -> int:
+    return max(1, channels // divisor)
 
 
-def bn_relu(channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+# ---- normalisation and activation switches
+
+
+class GhostBatchNorm(nn.BatchNorm2d):
+    """Batch norm whose training statistics come from ``splits`` equal slices of the batch.
+
+    Each slice is normalised with its own mean and variance (the noise post 8 step 5 wants);
+    the running statistics are the average of the slices'. A batch that does not divide
+    evenly is normalised as one (only a last partial batch can be like that).
+    """
+
+    def __init__(self, channels: int, splits: int, **kwargs):
+        super().__init__(channels, **kwargs)
+        self.splits = splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if not self.training or n % self.splits or n == self.splits:
+            return super().forward(x)
+        s = self.splits
+        # (s*m, C, H, W) -> (m, s*C, H, W): slice k's channel c becomes channel k*C + c
+        grouped = x.reshape(s, n // s, c, h, w).transpose(0, 1).reshape(n // s, s * c, h, w)
+        mean = self.running_mean.repeat(s)
+        var = self.running_var.repeat(s)
+        out = F.batch_norm(grouped, mean, var, self.weight.repeat(s), self.bias.repeat(s),
+                           True, self.momentum, self.eps)
+        with torch.no_grad():
+            self.running_mean.copy_(mean.view(s, c).mean(0))
+            self.running_var.copy_(var.view(s, c).mean(0))
+            self.num_batches_tracked += 1
+        return out.reshape(n // s, s, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+
+
+def batch_norm(channels: int, *, ghost_splits: int = 0, scale: str = "ones", eps: float = 1e-5,
+               momentum: float = 0.1) -> nn.BatchNorm2d:
+    """BN with the ladder's switches: ghost splits, and scale init ``uniform`` (PyTorch 0.4),
+    ``ones`` or ``frozen`` (fixed at 1, no gradient: post 8 step 6)."""
+    if ghost_splits > 1:
+        bn = GhostBatchNorm(channels, ghost_splits, eps=eps, momentum=momentum)
+    else:
+        bn = nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
+    if scale == "uniform":
+        nn.init.uniform_(bn.weight, 0.0, 1.0)
+    elif scale == "frozen":
+        bn.weight.requires_grad_(False)
+    elif scale != "ones":
+        raise ValueError(f"BN scale must be uniform, ones or frozen, not {scale!r}")
+    return bn
+
+
+def make_activation(name: str, celu_alpha: float = 0.075) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "celu":
+        return nn.CELU(celu_alpha)
+    if name == "gelu":
+        return nn.GELU()
+    raise ValueError(f"activation must be relu, celu or gelu, not {name!r}")
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
 
 
+class Scale(nn.Module):
+    """Multiply by a constant: the logit scale of ResNet-9 (1/8, 1/16) and airbench (1/9)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+# ---- patch whitening (post 8 step 7; airbench's 2x2 variant)
+
+
+class PatchWhitening(nn.Conv2d):
+    """A frozen conv whose filters whiten the input's k x k patches.
+
+    ``fit`` reads training images: patch covariance, eigendecomposition, filters =
+    eigenvectors / sqrt(eigenvalue + eps), optionally stacked with their negatives (airbench).
+    Until ``fit`` runs the filters are random, so the training loop calls it first.
+    """
+
+    def __init__(self, kernel: int, eps: float, *, negate: bool, centred: bool, bias: bool,
+                 images: int, padding: int):
+        c_out = 3 * kernel * kernel * (2 if negate else 1)
+        super().__init__(3, c_out, kernel, padding=padding, bias=bias)
+        self.eps, self.negate, self.centred, self.images = eps, negate, centred, images
+        self.weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        """``images``: normalised training images (N, 3, 32, 32); the first ``self.images`` are used."""
+        x = images[: self.images].float()
+        k = self.kernel_size[0]
+        patches = F.unfold(x, k).transpose(1, 2).reshape(-1, 3 * k * k).double()  # (N * positions, 3kk)
+        if self.centred:
+            patches = patches - patches.mean(0)
+        cov = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
+        eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
+        filters = (eigenvectors / torch.sqrt(eigenvalues + self.eps)).T.reshape(-1, 3, k, k)
+        if self.negate:
+            filters = torch.cat([filters, -filters])
+        self.weight.copy_(filters.to(self.weight.dtype))
+        if self.bias is not None:
+            self.bias.zero_()
+
+
+def fit_whitening(net: nn.Module, images: torch.Tensor) -> bool:
+    """Fit every PatchWhitening layer of ``net`` on ``images``; True if there was one."""
+    layers = [m for m in net.modules() if isinstance(m, PatchWhitening)]
+    for layer in layers:
+        layer.fit(images.to(layer.weight.device))
+    return bool(layers)
+
+
+# ---- post 1: the DAWNBench pre-activation ResNet-18
+
+
 class PreActBlock(nn.Module):
     """BN-ReLU-conv-BN-ReLU-conv plus a shortcut taken after the first BN-ReLU (Page's DAWN_net)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int):
+    def __init__(self, c_in: int, c_out: int, stride: int, bn_scale: str):
         super().__init__()
-        self.pre = bn_relu(c_in)
+        self.pre = nn.Sequential(batch_norm(c_in, scale=bn_scale), nn.ReLU(inplace=True))
         self.conv1 = conv3x3(c_in, c_out, stride)
-        self.mid = bn_relu(c_out)
+        self.mid = nn.Sequential(batch_norm(c_out, scale=bn_scale), nn.ReLU(inplace=True))
         self.conv2 = conv3x3(c_out, c_out)
         needs_projection = stride != 1 or c_in != c_out
         self.shortcut = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False) if needs_projection else nn.Identity()
@@ -62,34 +177,143 @@ class ConcatPool(nn.Module):
 
 
 class DawnResNet18(nn.Module):
-    def __init__(self, config: NetConfig = NetConfig()):
+    """Widths 64/128/256/256, two pre-activation blocks per stage, avg ‖ max-pool head, Linear with bias."""
+
+    def __init__(self, duplicate_bn_relu: bool, bn_scale: str, width_divisor: int):
         super().__init__()
-        self.config = config
-        w = config.widths
-        prep = [conv3x3(3, w[0])]
-        if config.duplicate_bn_relu:
-            prep += list(bn_relu(w[0]))
+        w = [_width(c, width_divisor) for c in (64, 128, 256, 256)]
+        prep: list[nn.Module] = [conv3x3(3, w[0])]
+        if duplicate_bn_relu:  # the submitted net's prep ends in BN-ReLU, then block 1 opens with its own
+            prep += [batch_norm(w[0], scale=bn_scale), nn.ReLU(inplace=True)]
         self.prep = nn.Sequential(*prep)
         blocks, c_in = [], w[0]
         for stage, c_out in enumerate(w):
             for i in range(2):
-                stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(PreActBlock(c_in, c_out, stride))
+                blocks.append(PreActBlock(c_in, c_out, 2 if stage > 0 and i == 0 else 1, bn_scale))
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)
         self.pool = ConcatPool()
-        self.linear = nn.Linear(2 * w[-1], config.num_classes, bias=True)
-        if config.bn_weight_init == "uniform":
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    nn.init.uniform_(m.weight, 0.0, 1.0)
-        elif config.bn_weight_init != "ones":
-            raise ValueError(f"bn_weight_init must be 'uniform' or 'ones', not {config.bn_weight_init!r}")
+        self.linear = nn.Linear(2 * w[-1], NUM_CLASSES, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.pool(self.blocks(self.prep(x))))
 
 
-def build_net(**kwargs) -> DawnResNet18:
-    return DawnResNet18(NetConfig(**kwargs))
+def dawn_resnet18(*, duplicate_bn_relu: bool = False, bn_scale: str = "uniform", width_divisor: int = 1) -> nn.Module:
+    """``bn_scale = "uniform"`` is PyTorch 0.4's BN init, which the 2018 runs had."""
+    return DawnResNet18(duplicate_bn_relu, bn_scale, width_divisor)
 
+
+# ---- post 4 / post 8: ResNet-9
+
+
+class ConvBlock(nn.Sequential):
+    """conv-BN-act(-pool), or with ``pool_before_bn`` conv-pool-BN-act (post 8 step 2: the same
+    function on a quarter of the pixels)."""
+
+    def __init__(self, c_in: int, c_out: int, *, pool: bool, pool_before_bn: bool, make_bn, make_act):
+        layers = [conv3x3(c_in, c_out)]
+        if pool and pool_before_bn:
+            layers += [nn.MaxPool2d(2), make_bn(c_out), make_act()]
+        else:
+            layers += [make_bn(c_out), make_act()] + ([nn.MaxPool2d(2)] if pool else [])
+        super().__init__(*layers)
+
+
+class Residual(nn.Module):
+    def __init__(self, *layers: nn.Module):
+        super().__init__()
+        self.branch = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.branch(x)
+
+
+def resnet9(*, pool_before_bn: bool = False, activation: str = "relu", celu_alpha: float = 0.075,
+            ghost_bn_splits: int = 0, bn_scale: str = "ones", logit_scale: float = 0.125,
+            whitening: bool = False, width_divisor: int = 1) -> nn.Module:
+    """Post 4's winner (Residual:L1+L3): prep 64, layer1 128 + residual, layer2 256, layer3 512 +
+    residual, global max pool, Linear without bias, logits x ``logit_scale``.
+
+    ``whitening`` replaces the prep conv by a frozen 3x3 patch-whitening conv (27 filters) and a
+    learnable 1x1 conv, as in post 8 step 7.
+    """
+    w = [_width(c, width_divisor) for c in (64, 128, 256, 512)]
+
+    def make_bn(c):
+        return batch_norm(c, ghost_splits=ghost_bn_splits, scale=bn_scale)
+
+    def make_act():
+        return make_activation(activation, celu_alpha)
+
+    def block(c_in, c_out, pool=False):
+        return ConvBlock(c_in, c_out, pool=pool, pool_before_bn=pool_before_bn, make_bn=make_bn, make_act=make_act)
+
+    if whitening:
+        prep = nn.Sequential(
+            PatchWhitening(3, 1e-2, negate=False, centred=True, bias=False, images=10_000, padding=1),
+            nn.Conv2d(27, w[0], 1, bias=False), make_bn(w[0]), make_act())
+    else:
+        prep = block(3, w[0])
+    return nn.Sequential(
+        prep,
+        block(w[0], w[1], pool=True), Residual(block(w[1], w[1]), block(w[1], w[1])),
+        block(w[1], w[2], pool=True),
+        block(w[2], w[3], pool=True), Residual(block(w[3], w[3]), block(w[3], w[3])),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(w[3], NUM_CLASSES, bias=False), Scale(logit_scale),
+    )
+
+
+# ---- airbench94 (2024)
+
+
+class IdentityInitConv(nn.Conv2d):
+    """3x3 'same' conv whose first ``in_channels`` filters start as the identity (dirac)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, 3, padding="same", bias=False)
+        with torch.no_grad():
+            n = min(c_in, c_out)
+            nn.init.dirac_(self.weight[:n])
+
+
+def airbench94(*, widths: tuple = (64, 256, 256), logit_scale: float = 1 / 9, bn_eps: float = 1e-12,
+               bn_momentum: float = 0.4, whitening_eps: float = 5e-4, whitening_images: int = 5000,
+               width_divisor: int = 1) -> nn.Module:
+    """2x2 whitening (12 eigenvectors and their negatives, with a bias) -> GELU -> three groups
+    (conv, pool, BN, GELU, conv, BN, GELU) -> 3x3 max-pool -> Linear without bias x ``logit_scale``.
+    BN scales are frozen at 1; ``bn_momentum`` is PyTorch's convention."""
+    w = [_width(int(c), width_divisor) for c in widths]
+
+    def bn(c):
+        return batch_norm(c, scale="frozen", eps=bn_eps, momentum=bn_momentum)
+
+    layers: list[nn.Module] = [
+        PatchWhitening(2, whitening_eps, negate=True, centred=False, bias=True, images=whitening_images, padding=0),
+        nn.GELU()]
+    c_in = 24
+    for c_out in w:
+        layers += [IdentityInitConv(c_in, c_out), nn.MaxPool2d(2), bn(c_out), nn.GELU(),
+                   IdentityInitConv(c_out, c_out), bn(c_out), nn.GELU()]
+        c_in = c_out
+    layers += [nn.MaxPool2d(3), nn.Flatten(), nn.Linear(c_in, NUM_CLASSES, bias=False), Scale(logit_scale)]
+    return nn.Sequential(*layers)
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "dawn_resnet18": dawn_resnet18,
+    "resnet9": resnet9,
+    "airbench94": airbench94,
+}
+# supplied by the preset, never by a stage's [net] table
+PRESET_ARGUMENTS = ("width_divisor",)
+
+
+def net_options(arch: str) -> dict[str, object]:
+    """The keys a stage's [net] table may set for ``arch``, with their defaults."""
+    params = inspect.signature(ARCHITECTURES[arch]).parameters
+    return {name: p.default for name, p in params.items() if name not in PRESET_ARGUMENTS}
+
+
+def build_net(arch: str = "dawn_resnet18", *, width_divisor: int = 1, **options) -> nn.Module:
+    return ARCHITECTURES[arch](width_divisor=width_divisor, **options)

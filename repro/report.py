@@ -14,14 +14,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .claims.checkers.resnet import BLOG_ACCURACY, STAGES, blog_seconds, best_ladder, complete_ladders, is_real
+from . import ladder as ladders
+from .config import available_presets, load_preset, load_stage
 from .errors import UserError, cli_main
 from .runlog import read_records
 
-# What Le Chat reported (transcript 004): first answer invented, second from the pasted blog.
-LLM_REPORTED = {"baseline": "341 s, 94% (1st answer: ~18 h, ~68%)", "final": "297 s, 94% (1st answer: ~35 min, ~76%)"}
 PRODUCERS = ("python -m repro.resnet --stage all --preset cpu --data ../shared/data/cifar10-jpeg.tar.gz",
              "python -m repro.autoencoder")
+PRESET_ORDER = ("full", "cpu", "loaderbound", "smoke")
 
 
 def atomic_write(path: Path, data: bytes):
@@ -38,62 +38,49 @@ def atomic_write(path: Path, data: bytes):
         raise
 
 
-def ladder_rows(ladder) -> list[dict]:
-    base = ladder["baseline"]["total_seconds"]
-    return [{
-        "stage": s, "seconds": ladder[s]["total_seconds"], "ratio": ladder[s]["total_seconds"] / base,
-        "blog_seconds": blog_seconds()[s], "blog_ratio": blog_seconds()[s] / blog_seconds()["baseline"],
-        "accuracy": ladder[s].get("test_accuracy"), "llm": LLM_REPORTED.get(s, ""),
-    } for s in STAGES]
-
-
-def run_statistics(records) -> list[dict]:
-    """Mean ± std of time and accuracy per (preset, stage), and how many runs reached 94%."""
-    groups: dict[tuple, list[dict]] = {}
+def by_preset(records) -> dict[str, list[dict]]:
+    """ok ResNet records per preset, real data before synthetic, presets in PRESET_ORDER."""
+    groups: dict[str, list[dict]] = {}
     for r in records:
-        groups.setdefault((r.get("preset"), r.get("stage")), []).append(r)
-    rows = []
-    for (preset, stage), runs in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), STAGES.index(kv[0][1])
-                                                                         if kv[0][1] in STAGES else 9)):
-        times = [r["total_seconds"] for r in runs]
-        accs = [r["test_accuracy"] for r in runs if r.get("test_accuracy") is not None]
-        rows.append({
-            "preset": preset, "stage": stage, "runs": len(runs),
-            "time_mean": statistics.fmean(times), "time_std": statistics.stdev(times) if len(times) > 1 else 0.0,
-            "acc_mean": statistics.fmean(accs) if accs else None,
-            "acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            "reached": sum(a >= BLOG_ACCURACY for a in accs), "synthetic": any(r.get("synthetic") for r in runs),
-        })
-    return rows
+        key = str(r.get("preset")) + (" (synthetic)" if r.get("synthetic") else "")
+        groups.setdefault(key, []).append(r)
+
+    def rank(key):
+        name = key.split(" ")[0]
+        return ("synthetic" in key, PRESET_ORDER.index(name) if name in PRESET_ORDER else len(PRESET_ORDER), key)
+
+    return {k: groups[k] for k in sorted(groups, key=rank)}
 
 
-def markdown(ladder, stats, autoencoder, plots, note) -> str:
+def target_of(records) -> float | None:
+    target = records[0].get("target_accuracy")
+    if target is None and records[0].get("preset") in available_presets():
+        target = load_preset(records[0]["preset"]).target_accuracy
+    return target
+
+
+def describe(records) -> str:
+    first = records[0]
+    hw = first.get("hardware") or {}
+    return (f"{first.get('device')} ({hw.get('gpu') or hw.get('cpu')}, {hw.get('cpu_count')} CPUs), "
+            f"precision {first.get('precision')}, data {first.get('data_source')}; "
+            f"{len(records)} runs in {len({r.get('group_id') for r in records})} invocation(s)")
+
+
+def markdown(groups, autoencoder, plots, note) -> str:
+    entry = load_stage("baseline").source.entry_seconds
     out = ["# Reproduction report", ""]
-    if ladder:
-        base = ladder["baseline"]
-        hw = base.get("hardware") or {}
-        real = all(is_real(r) for r in ladder.values())
-        out += ["## ResNet ladder (post 1)", "",
-                f"Group `{base.get('group_id')}`, preset **{base.get('preset')}**, {base.get('precision')}, "
-                f"{base.get('device')} ({hw.get('gpu') or hw.get('cpu')}, {hw.get('cpu_count')} CPUs), "
-                f"data {base.get('data_source')}." + ("" if real else " **Synthetic/smoke: pipeline evidence only.**"),
-                "", f"Blog: Ben Johnson's DAWNBench entry {blog_seconds()['ben_johnson']} s; stages on one V100.", "",
-                "| stage | measured s | ratio to baseline | blog s | blog ratio | test acc | LLM reported |",
-                "|---|---|---|---|---|---|---|"]
-        for row in ladder_rows(ladder):
-            acc = f"{row['accuracy']:.4f}" if row["accuracy"] is not None else "—"
-            out.append(f"| {row['stage']} | {row['seconds']:.1f} | {row['ratio']:.3f} | {row['blog_seconds']} | "
-                       f"{row['blog_ratio']:.3f} | {acc} | {row['llm']} |")
-        out.append("")
-    if stats:
-        out += ["## All ok ResNet runs", "", "| preset | stage | runs | time s (mean ± std) | accuracy (mean ± std) "
-                "| ≥ 94% |", "|---|---|---|---|---|---|"]
-        for r in stats:
-            acc = f"{r['acc_mean']:.4f} ± {r['acc_std']:.4f}" if r["acc_mean"] is not None else "—"
-            flag = " (synthetic)" if r["synthetic"] else ""
-            out.append(f"| {r['preset']}{flag} | {r['stage']} | {r['runs']} | {r['time_mean']:.1f} ± "
-                       f"{r['time_std']:.1f} | {acc} | {r['reached']}/{r['runs']} |")
-        out.append("")
+    if groups:
+        out += ["Measured seconds use each source's clock (blog: every test pass included; dawnbench: no "
+                "validation; airbench: whitening + training + the final TTA pass); ratios are to the first stage "
+                "in each table; p-values are Welch t-tests against the stage above (stages with ≥ 2 runs). "
+                f"The series starts from Ben Johnson's DAWNBench entry, {entry:g} s; sources' times are on a V100 "
+                "(airbench94: an A100).", ""]
+    for name, records in groups.items():
+        real = not name.endswith("(synthetic)") and not name.startswith("smoke")
+        out += [f"## ResNet ladder, preset {name}", "", describe(records)
+                + ("" if real else " **Synthetic/smoke: pipeline evidence only.**"), ""]
+        out += ladders.markdown_table(records, target_of(records)) + [""]
     if autoencoder:
         from .autoencoder.table import markdown_sections
 
@@ -102,8 +89,9 @@ def markdown(ladder, stats, autoencoder, plots, note) -> str:
     return "\n".join(out)
 
 
-def write_plots(ladder, stats, out_dir: Path) -> tuple[list[Path], str]:
-    """Stage time ratios (blog vs measured) and accuracy against time; [] with a note without matplotlib."""
+def write_plots(records, out_dir: Path) -> tuple[list[Path], str]:
+    """Time / first stage (measured beside the source) and accuracy against time, for every stage
+    of ``records``; [] with a note without matplotlib."""
     try:
         import matplotlib
 
@@ -111,33 +99,49 @@ def write_plots(ladder, stats, out_dir: Path) -> tuple[list[Path], str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return [], "Plots skipped: matplotlib is not installed (pip install 'repro[plots]')."
-    if not ladder:
-        return [], "No complete ladder to plot."
+    if not records:
+        return [], "No ResNet records to plot."
     import io
 
-    rows = ladder_rows(ladder)
-    paths = []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [r["blog_ratio"] for r in rows], 0.4, label="blog (V100)")
-    ax.bar([i + 0.2 for i in x], [r["ratio"] for r in rows], 0.4, label=f"measured ({ladder['baseline'].get('preset')})")
-    ax.set_xticks(list(x), [r["stage"] for r in rows])
-    ax.set_ylabel("time / baseline time")
-    ax.set_title("Post-1 ladder: time relative to the baseline stage")
-    ax.legend()
-    paths.append(("stage_ratios.png", fig))
-    fig2, ax2 = plt.subplots(figsize=(6, 4))
-    for r in stats:
-        if r["acc_mean"] is not None and not r["synthetic"]:
-            ax2.errorbar(r["time_mean"], r["acc_mean"], xerr=r["time_std"], yerr=r["acc_std"], fmt="o")
-            ax2.annotate(f"{r['stage']} ({r['preset']})", (r["time_mean"], r["acc_mean"]), fontsize=7)
-    ax2.axhline(BLOG_ACCURACY, ls="--", color="grey", label="94% target")
-    ax2.set_xlabel("training time (s)")
-    ax2.set_ylabel("test accuracy")
-    ax2.legend()
-    paths.append(("accuracy_vs_time.png", fig2))
+    target = target_of(records)
+    rows = ladders.ladder_rows(records, target)
+    preset = records[0].get("preset")
+    first = statistics.fmean(rows[0].seconds)
+    y = list(range(len(rows)))[::-1]  # first stage on top
+    height = 0.4 + 0.32 * len(rows)
+    fig, ax = plt.subplots(figsize=(8, height + 1.2))
+    ax.barh([v + 0.2 for v in y], [r.source_ratio or 0 for r in rows], 0.4, label="source (V100; airbench A100)",
+            color="#999999")
+    errors = [statistics.stdev(r.seconds) / first if r.runs > 1 else 0 for r in rows]
+    ax.barh([v - 0.2 for v in y], [r.ratio for r in rows], 0.4, xerr=errors, capsize=2,
+            label=f"measured, preset {preset} (± std over runs)", color="#1f77b4")
+    ax.set_yticks(y, [r.stage for r in rows])
+    ax.set_xscale("log")
+    ax.set_xlabel("time / first stage's time (log scale)")
+    ax.set_title(f"Ladder: time relative to {rows[0].stage}, each on its source's clock")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / height), ncol=2, frameon=False)
+    figures = [("stage_ratios.png", fig)]
+
+    fig2, ax2 = plt.subplots(figsize=(9, 5))
+    for i, r in enumerate(rows, 1):
+        (sm, ss), (am, astd) = r.seconds_mean_std, r.accuracy_mean_std
+        if am is None:
+            continue
+        ax2.errorbar(sm, 100 * am, xerr=ss or 0, yerr=100 * (astd or 0), fmt="o", capsize=2, color="#1f77b4")
+        ax2.annotate(str(i), (sm, 100 * am), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if target is not None:
+        ax2.axhline(100 * target, ls="--", color="grey", label=f"preset target {100 * target:g}%")
+        ax2.legend(loc="lower right")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("measured seconds (log scale, each stage on its source's clock)")
+    ax2.set_ylabel("test accuracy (%)")
+    ax2.set_title(f"Accuracy against time, preset {preset} (error bars: std over runs)")
+    key = "\n".join(f"{i:>2} {r.stage} (n={r.runs})" for i, r in enumerate(rows, 1))
+    fig2.text(0.91, 0.5, key, va="center", fontsize=8, family="monospace")
+    fig2.subplots_adjust(right=0.88)
+    figures.append(("accuracy_vs_time.png", fig2))
     written = []
-    for name, figure in paths:
+    for name, figure in figures:
         buf = io.BytesIO()
         figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
@@ -146,20 +150,13 @@ def write_plots(ladder, stats, out_dir: Path) -> tuple[list[Path], str]:
     return written, ""
 
 
-def print_summary(ladder, stats, autoencoder, out_dir):
+def print_summary(groups, autoencoder, out_dir):
     from rich.console import Console
-    from rich.table import Table
 
-    console = Console()
-    if ladder:
-        t = Table(title=f"ResNet ladder ({ladder['baseline'].get('preset')}, group {ladder['baseline'].get('group_id')})")
-        for col in ("stage", "measured s", "ratio", "blog s", "blog ratio", "test acc"):
-            t.add_column(col)
-        for r in ladder_rows(ladder):
-            t.add_row(r["stage"], f"{r['seconds']:.1f}", f"{r['ratio']:.3f}", str(r["blog_seconds"]),
-                      f"{r['blog_ratio']:.3f}", f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "—")
-        console.print(t)
-    console.print(f"{len(stats)} preset/stage groups, {len(autoencoder)} autoencoder records; "
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    for name, records in groups.items():
+        console.print(ladders.rich_table(records, target_of(records), f"ResNet ladder, preset {name}"))
+    console.print(f"{sum(map(len, groups.values()))} ResNet runs, {len(autoencoder)} autoencoder records; "
                   f"report written to {out_dir / 'report.md'}")
 
 
@@ -181,13 +178,16 @@ def main(argv=None):
         raise UserError(f"no ok run records in {args.log_dir}; produce some with: " + " ; ".join(PRODUCERS))
     log_dir = Path(args.log_dir)
     out_dir = Path(args.out) if args.out else (log_dir.parent if log_dir.suffix == ".jsonl" else log_dir) / "report"
-    ladder = best_ladder(resnet)
-    stats = run_statistics(resnet)
-    plots, note = write_plots(ladder, stats, out_dir)
-    if not ladder and resnet:
-        note += f" No complete five-stage ladder yet ({len(complete_ladders(resnet))}); run: {PRODUCERS[0]}"
-    atomic_write(out_dir / "report.md", markdown(ladder, stats, autoencoder, plots, note).encode())
-    print_summary(ladder, stats, autoencoder, out_dir)
+    groups = by_preset(resnet)
+    plots, note = write_plots(next(iter(groups.values()), []), out_dir)  # the first group: real data, largest preset
+    torn = records.torn_note()
+    if torn:
+        print(torn, file=sys.stderr)
+    text = markdown(groups, autoencoder, plots, note)
+    if torn:
+        text = text.replace("# Reproduction report\n", f"# Reproduction report\n\n{torn}\n", 1)
+    atomic_write(out_dir / "report.md", text.encode())
+    print_summary(groups, autoencoder, out_dir)
     return 0
 
 

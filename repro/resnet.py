@@ -1,14 +1,15 @@
-"""``python -m repro.resnet``: run post-1 stages, time every phase, compare with the blog.
+"""``python -m repro.resnet``: run ladder stages, time every phase, compare with the sources.
 
     python -m repro.resnet --stage final                # the main job
-    python -m repro.resnet --stage all                  # the whole ladder, side by side
-    python -m repro.resnet --stage all --preset smoke --data synthetic
+    python -m repro.resnet --list                       # every stage, with its source's time and accuracy
+    python -m repro.resnet --stage all                  # post 1's five stages, side by side
+    python -m repro.resnet --ladder bag_of_tricks       # a named ladder (post1, dawnbench, bag_of_tricks, airbench, all)
+    python -m repro.resnet --stage resnet9:tta          # a range of the ladder
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import uuid
 from dataclasses import replace
@@ -19,10 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import runlog
-from .config import PRESETS, Preset, StageConfig, available_stages, load_preset, load_stage
+from .config import (Preset, StageConfig, available_presets, available_stages, load_ladders, load_preset, load_stage,
+                     run_epochs)
 from .data import SYNTHETIC, CifarArrays, load_cifar10
 from .devices import PRECISIONS, resolve_device, resolve_precision
-from .errors import UserError, cli_main
+from .errors import UserError, cli_main, interrupt_exit_code, interrupt_message
+from .ladder import rich_table
 from .train import PHASES, NonFiniteLoss, RunProgress, train_stage
 
 SYNTHETIC_DEFAULT_SIZES = (5000, 1000)
@@ -31,9 +34,13 @@ SYNTHETIC_DEFAULT_SIZES = (5000, 1000)
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m repro.resnet", description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", default="final",
-                   help="a stage name (baseline, simplified, preprocessed, bulk_rng, final), 'all', "
-                        "or a path to a stage .toml (default: final)")
-    p.add_argument("--preset", default="auto", help="auto | full | cpu | smoke (default auto: full on CUDA, cpu otherwise)")
+                   help="a stage name (see --list), 'all' (post 1's five stages), a range FIRST:LAST of the "
+                        "ladder, or a path to a stage .toml (default: final)")
+    p.add_argument("--ladder", default=None,
+                   help="run a named ladder instead of --stage: " + ", ".join(load_ladders()))
+    p.add_argument("--list", action="store_true", help="list every stage with its source's time and accuracy, and exit")
+    p.add_argument("--preset", default="auto",
+                   help=f"auto | {' | '.join(available_presets())} (default auto: full on CUDA, cpu otherwise)")
     p.add_argument("--data", default=None,
                    help="directory with cifar-10-batches-py/, an image folder or .tar.gz of one, or 'synthetic' "
                         "(default: the cache directory, downloading if needed)")
@@ -43,7 +50,8 @@ def parse_args(argv):
                    help="auto = fp16+GradScaler on CUDA, bf16 on a CPU with native bf16, else fp32")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default: the preset's choice)")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's epoch count")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="train every stage this many epochs (default: the stage's own epochs x the preset's scale)")
     p.add_argument("--runs", type=int, default=1, help="runs per stage, seeds s, s+1, ... (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
@@ -54,8 +62,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.runs < 1:
         raise UserError("--runs must be at least 1")
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError("--epochs must be at least 1")
+    if args.epochs is not None and args.epochs <= 0:
+        raise UserError("--epochs must be above 0")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
     return args
@@ -64,12 +72,46 @@ def parse_args(argv):
 def choose_preset(requested: str, device: torch.device) -> tuple[str, str]:
     if requested == "auto":
         if device.type == "cuda":
-            return "full", "auto: CUDA device found, so the blog's full sizes"
-        return "cpu", ("auto: no CUDA device, so a CPU-sized run (quarter widths, 10k images, 10 epochs); "
-                       "--preset full runs the blog's sizes, which take hours on a CPU")
-    if requested not in PRESETS:
-        raise UserError(f"unknown preset {requested!r}; valid presets: auto, {', '.join(PRESETS)}")
+            return "full", "auto: CUDA device found, so the sources' full sizes"
+        return "cpu", ("auto: no CUDA device, so a CPU-sized run (quarter widths, 10k images, epochs x 0.3); "
+                       "--preset full runs the sources' sizes, which take hours on a CPU for the early stages")
+    load_preset(requested)  # an unknown name is a one-line error listing the real presets
     return requested, "requested"
+
+
+def select_stages(args) -> list[str]:
+    """--ladder NAME, or --stage NAME | all | FIRST:LAST | path.toml."""
+    ladders = load_ladders()
+    if args.ladder is not None:
+        if args.ladder not in ladders:
+            raise UserError(f"unknown ladder {args.ladder!r}; valid ladders: {', '.join(ladders)}")
+        return ladders[args.ladder]
+    if args.stage == "all":
+        return ladders["post1"]
+    if ":" in args.stage and not args.stage.endswith(".toml"):
+        order = available_stages()
+        first, last = args.stage.split(":", 1)
+        for name in (first, last):
+            if name not in order:
+                raise UserError(f"unknown stage {name!r} in range {args.stage}; valid stages: {', '.join(order)}")
+        if order.index(first) > order.index(last):
+            raise UserError(f"range {args.stage}: {first} comes after {last} in the ladder")
+        return order[order.index(first):order.index(last) + 1]
+    return [args.stage]
+
+
+def print_stage_list(console: Console) -> None:
+    table = Table(title="stages, in ladder order (each extends the one above)")
+    for col in ("stage", "epochs", "source s", "clock", "source acc", "what it changes"):
+        table.add_column(col, justify="left" if col in ("stage", "what it changes", "clock") else "right")
+    for name in available_stages():
+        st = load_stage(name)
+        src = st.source
+        table.add_row(name, f"{st.schedule.epochs:g}", f"{src.seconds:g}" if src.seconds else "-",
+                      f"{src.timing} ({src.hardware})", f"{100 * src.accuracy:.2f}%" if src.accuracy else "-",
+                      st.description)
+    console.print(table)
+    console.print("ladders: " + "; ".join(f"{k} = {v[0]} … {v[-1]}" for k, v in load_ladders().items()))
 
 
 def load_data(args, preset: Preset) -> CifarArrays:
@@ -94,23 +136,23 @@ def run_one(stage: StageConfig, preset: Preset, data: CifarArrays, *, device, pr
         device=str(device), precision=precision, channels_last=channels_last,
         data_source=data.source_label, synthetic=data.synthetic,
         train_images=int(len(data.train_labels)), test_images=int(len(data.test_labels)),
-        width_divisor=preset.width_divisor, epochs_planned=preset.epochs, group_id=group_id,
-        blog_seconds=stage.blog.seconds, config=stage.as_dict(),
+        width_divisor=preset.width_divisor, epochs_planned=run_epochs(preset, stage), group_id=group_id,
+        blog_seconds=stage.source.seconds, target_accuracy=preset.target_accuracy, config=stage.as_dict(),
     )
     progress = RunProgress()
     steps_per_epoch = -(-len(data.train_labels) // stage.optimizer.batch_size)
     bar = _progress(console, show and console.is_terminal)
-    task = bar.add_task(f"{stage.name} seed {seed}", total=steps_per_epoch * preset.epochs)
+    task = bar.add_task(f"{stage.name} seed {seed}", total=round(steps_per_epoch * run_epochs(preset, stage)))
 
     def on_epoch(row):
         if show:
             console.print(
                 f"  {stage.name:<12} epoch {row['epoch']:>3}  lr {row['lr']:.4f}  train loss {row['train_loss']:.3f}  "
                 f"test acc {100 * row['test_accuracy']:5.1f}%  {row['seconds']:6.1f}s  "
-                + "  ".join(f"{p.split('_')[0]} {row['phases'][p]:.1f}s" for p in PHASES)
+                + "  ".join(f"{p.split('_')[0][:4]} {row['phases'][p]:.1f}s" for p in PHASES)
             )
 
-    status, error = "failed", None
+    status, error, interruption = "failed", None, None
     try:
         with bar:
             train_stage(stage, preset, data, device=device, precision=precision, channels_last=channels_last,
@@ -120,57 +162,26 @@ def run_one(stage: StageConfig, preset: Preset, data: CifarArrays, *, device, pr
     except NonFiniteLoss as exc:
         error = str(exc)
         record["failed_step"] = exc.step
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+    except KeyboardInterrupt as exc:
+        status, error, interruption = "interrupted", interrupt_message(exc), exc
     finally:
         record.update(status=status, total_seconds=progress.total_seconds, phases=progress.phases,
-                      epochs=progress.epochs, test_accuracy=progress.test_accuracy, steps=progress.steps_done)
+                      epochs=progress.epochs, test_accuracy=progress.test_accuracy, steps=progress.steps_done,
+                      **{k: v for k, v in progress.summary.items() if k != "test_accuracy"})
         if error:
             record["error"] = error
         runlog.append_record(record, args.log_dir)
     if status == "interrupted":
-        raise KeyboardInterrupt
+        raise interruption
     if status == "failed":
         raise UserError(f"stage {stage.name} seed {seed}: {error}; record {record['run_id']} written as failed")
     return record
 
 
-def _fmt_seconds(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def ladder_table(records: list[dict], target: float | None) -> Table:
-    """One row per stage (mean ± std over runs); ratios to the baseline stage, measured beside blog."""
-    by_stage: dict[str, list[dict]] = {}
-    for rec in records:
-        by_stage.setdefault(rec["stage"], []).append(rec)
+def ladder_title(records: list[dict]) -> str:
     first = records[0]
-    table = Table(title=f"post-1 ladder, preset {first['preset']}, {first['device']} ({_hardware(first)}), "
-                        f"precision {first['precision']}, data: {first['data_source']}")
-    for col in ("stage", "runs", "total s", "data s", "fwd+bwd s", "opt s", "eval s", "test acc",
-                "blog s", "÷baseline", "÷baseline (blog)"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    if target is not None:
-        table.add_column(f"≥{100 * target:.0f}%", justify="right")
-    base = by_stage.get("baseline")
-    base_time = statistics.mean(r["total_seconds"] for r in base) if base else None
-    base_blog = base[0]["blog_seconds"] if base else None
-    for stage, recs in by_stage.items():
-        times = [r["total_seconds"] for r in recs]
-        accs = [100 * r["test_accuracy"] for r in recs]
-        blog = recs[0]["blog_seconds"]
-        row = [stage, str(len(recs)), _fmt_seconds(times),
-               *(_fmt_seconds([r["phases"][p] for r in recs]) for p in PHASES),
-               (f"{accs[0]:.2f}%" if len(accs) == 1 else f"{statistics.mean(accs):.2f} ± {statistics.stdev(accs):.2f}%"),
-               f"{blog:.0f}" if blog else "-",
-               f"{statistics.mean(times) / base_time:.3f}" if base_time else "-",
-               f"{blog / base_blog:.3f}" if blog and base_blog else "-"]
-        if target is not None:
-            row.append(f"{sum(r['test_accuracy'] >= target for r in recs)}/{len(recs)}")
-        table.add_row(*row)
-    return table
+    return (f"ladder, preset {first['preset']}, {first['device']} ({_hardware(first)}), precision {first['precision']}, "
+            f"data: {first['data_source']}; seconds on each source's clock, p-values against the stage above")
 
 
 def _hardware(record: dict) -> str:
@@ -182,7 +193,10 @@ def _hardware(record: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # rich assumes 80 columns when output is piped; the ladder table needs more
-    console = Console(width=None if sys.stdout.isatty() else 170)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    if args.list:
+        print_stage_list(console)
+        return 0
     show = not args.quiet
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -193,11 +207,13 @@ def main(argv=None) -> int:
     if args.epochs is not None:
         preset = replace(preset, epochs=args.epochs)
     channels_last = preset.channels_last if args.channels_last is None else args.channels_last
-    stage_names = available_stages() if args.stage == "all" else [args.stage]
-    stages = [load_stage(name) for name in stage_names]  # every config is checked before any training
+    stages = [load_stage(name) for name in select_stages(args)]  # every config is checked before any training
+    runlog.check_log_dir(args.log_dir)  # a bad log dir fails now, not after the training it would lose
 
     data = load_data(args, preset)
-    console.print(f"[bold]preset {preset.name}[/bold] ({preset_reason}): {preset.epochs} epochs, "
+    epochs = (f"{preset.epochs:g} epochs" if preset.epochs is not None
+              else f"each stage's epochs x {preset.epoch_scale:g}")
+    console.print(f"[bold]preset {preset.name}[/bold] ({preset_reason}): {epochs}, "
                   f"width /{preset.width_divisor}, {len(data.train_labels)} train / {len(data.test_labels)} test images")
     console.print(f"device {device}, precision {precision}, channels_last {channels_last}, "
                   f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
@@ -213,12 +229,13 @@ def main(argv=None) -> int:
                 records.append(run_one(stage, preset, data, device=device, precision=precision,
                                        channels_last=channels_last, seed=args.seed + r, args=args,
                                        group_id=group_id, preset_reason=preset_reason, console=console, show=show))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: the unfinished run was logged with status 'interrupted'")
+    except KeyboardInterrupt as exc:
+        console.print(f"[yellow]{interrupt_message(exc)}[/yellow]: the unfinished run was logged with status "
+                      "'interrupted'")
         if records:
-            console.print(ladder_table(records, preset.target_accuracy))
-        return 130
-    console.print(ladder_table(records, preset.target_accuracy))
+            console.print(rich_table(records, preset.target_accuracy, ladder_title(records)))
+        return interrupt_exit_code(exc)
+    console.print(rich_table(records, preset.target_accuracy, ladder_title(records)))
     if data.synthetic:
         console.print("[bold red]SYNTHETIC data[/bold red]: accuracies say nothing about CIFAR-10")
     console.print(f"records appended to {runlog.log_path(args.log_dir)}")

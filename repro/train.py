@@ -1,5 +1,6 @@
-"""The one training loop that serves every stage: the stage config decides the net variant,
-the LR schedule and the loader mode; this loop never branches on the stage name."""
+"""The one training loop that serves every stage: the stage config decides the net, the LR
+schedule, the loss, the parameter groups, the loader, weight averaging and TTA; this loop never
+branches on the stage name."""
 
 from __future__ import annotations
 
@@ -10,14 +11,24 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .config import Preset, StageConfig
+from .averaging import WeightAverage
+from .config import OptimizerSection, Preset, StageConfig, run_epochs, total_steps
 from .data import CifarArrays
 from .devices import PhaseTimer, Precision
-from .loaders import TrainBatches, eval_batches
-from .nets import DawnResNet18, NetConfig
+from .errors import signals_deferred
+from .evaluation import evaluate
+from .loaders import eval_batches, make_train_loader, normalise_transpose
+from .nets import PatchWhitening, build_net, fit_whitening
 
-PHASES = ("data_wait", "forward_backward", "optimizer_step", "evaluation")
+PHASES = ("preprocessing", "data_wait", "forward_backward", "optimizer_step", "evaluation")
+# which measured seconds each source's clock corresponds to (see SourceSection.timing)
+TIMINGS = {
+    "blog": ("preprocessing", "training", "evaluation", "final_evaluation"),  # posts 1-4: test passes included
+    "dawnbench": ("preprocessing", "training"),  # post 8: no validation
+    "airbench": ("preprocessing", "training", "final_evaluation"),  # whitening + training + final TTA pass
+}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -35,16 +46,85 @@ class RunProgress:
     total_seconds: float = 0.0
     steps_done: int = 0
     step_losses: list[float] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)  # end-of-run numbers: TTA accuracy, FLOPs, target, timings
 
     @property
     def test_accuracy(self) -> float | None:
+        if "test_accuracy" in self.summary:
+            return self.summary["test_accuracy"]
         return self.epochs[-1]["test_accuracy"] if self.epochs else None
 
 
-def build_stage_net(stage: StageConfig, preset: Preset) -> DawnResNet18:
-    return DawnResNet18(NetConfig(duplicate_bn_relu=stage.net.duplicate_bn_relu,
-                                  bn_weight_init=stage.net.bn_weight_init,
-                                  width_divisor=preset.width_divisor))
+def build_stage_net(stage: StageConfig, preset: Preset) -> nn.Module:
+    return build_net(width_divisor=preset.width_divisor, **stage.net)
+
+
+def is_bias(name: str, param: nn.Parameter) -> bool:
+    """BN shifts and the whitening bias: the parameters post 8 and airbench give their own LR."""
+    return name.endswith("bias") and param.ndim == 1
+
+
+def param_groups(net: nn.Module, opt: OptimizerSection, batch_size: int) -> list[dict]:
+    """Two groups (weights, biases) with LR and weight decay in torch's units.
+
+    Mean-loss values from the config; ``loss_reduction = "sum"`` divides the LR by the batch
+    size and multiplies the weight decay by it (Page's convention), which is the same update.
+    """
+    lr_unit, wd_unit = (1.0 / batch_size, float(batch_size)) if opt.loss_reduction == "sum" else (1.0, 1.0)
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if not is_bias(n, p)], "lr_scale": lr_unit,
+         "weight_decay": opt.weight_decay * wd_unit},
+        {"params": [p for n, p in named if is_bias(n, p)], "lr_scale": lr_unit * opt.bias_lr_factor,
+         "weight_decay": opt.weight_decay * wd_unit * opt.bias_wd_factor},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(net: nn.Module, opt: OptimizerSection, batch_size: int) -> torch.optim.SGD:
+    return torch.optim.SGD(param_groups(net, opt, batch_size), lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, opt: OptimizerSection) -> torch.Tensor:
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 loss under autocast
+    return F.cross_entropy(logits, labels, label_smoothing=opt.label_smoothing, reduction=opt.loss_reduction)
+
+
+def cast_batch_norm(net: nn.Module, precision: Precision, bn_fp32: bool) -> str:
+    """Keep BN in fp32 (post 3) or, like the blog's ``model.half()``, cast it to the reduced dtype.
+
+    Returns what BN runs in, for the record."""
+    if precision.dtype is None:
+        return "fp32 (fp32 run)"
+    if bn_fp32:
+        return "fp32 (autocast already keeps BN parameters in fp32 here)"
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.to(precision.dtype)
+    return f"{precision.name} (cast, as the blog's half-precision model)"
+
+
+def count_train_flops(net: nn.Module, opt: OptimizerSection, batch_size: int, device, channels_last: bool,
+                      precision: Precision) -> int:
+    """FLOPs of one training step (forward + backward) on a throwaway copy, from torch's counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spare = copy.deepcopy(net).train()
+    x = torch.randn(batch_size, 3, 32, 32, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(batch_size, dtype=torch.long, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with precision.autocast():
+            loss = loss_fn(spare(x), y, opt)
+        loss.backward()
+    return int(counter.get_total_flops())
 
 
 def _to_device(x, y, device, channels_last):
@@ -56,7 +136,8 @@ def _to_device(x, y, device, channels_last):
 
 def _timed(batches, timer: PhaseTimer, device, channels_last):
     """Yield device batches; the wait for each (loader + copy) is the data_wait phase."""
-    iterator = iter(batches)
+    with signals_deferred():  # a Ctrl-C inside a half-started DataLoader iterator would orphan its workers
+        iterator = iter(batches)
     while True:
         start = timer.now()
         try:
@@ -68,7 +149,7 @@ def _timed(batches, timer: PhaseTimer, device, channels_last):
         yield x, y
 
 
-def _warm_up(net, batch_size, device, precision: Precision, channels_last) -> None:
+def _warm_up(net, stage: StageConfig, batch_size, device, precision: Precision, channels_last) -> None:
     """One untimed fwd+bwd on random data with a throwaway copy (cuDNN autotuning, oneDNN
     primitive creation), as the blog did before starting its clock."""
     spare = copy.deepcopy(net).train()
@@ -76,25 +157,14 @@ def _warm_up(net, batch_size, device, precision: Precision, channels_last) -> No
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with precision.autocast():
-        loss = spare(x).float().sum()
+        loss = loss_fn(spare(x), torch.zeros(batch_size, dtype=torch.long, device=device), stage.optimizer)
     loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-@torch.no_grad()
-def evaluate(net, batches, device, precision: Precision, channels_last) -> tuple[float, float]:
-    net.eval()
-    correct, loss_sum, count = 0, 0.0, 0
-    for x, y in batches:
-        x, y = _to_device(x, y, device, channels_last)
-        with precision.autocast():
-            logits = net(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        count += len(y)
-    net.train()
-    return loss_sum / count, correct / count
+def _whitening_bias(net: nn.Module) -> list[nn.Parameter]:
+    return [m.bias for m in net.modules() if isinstance(m, PatchWhitening) and m.bias is not None]
 
 
 def train_stage(
@@ -111,55 +181,77 @@ def train_stage(
     on_epoch: Callable[[dict], None] | None = None,
 ) -> RunProgress:
     torch.manual_seed(seed)
+    opt_cfg = stage.optimizer
+    amp = Precision(device, precision)
+    timer = PhaseTimer(device)
     net = build_stage_net(stage, preset).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    amp = Precision(device, precision)
-    opt_cfg = stage.optimizer
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.0, momentum=opt_cfg.momentum,
-                                nesterov=opt_cfg.nesterov, weight_decay=opt_cfg.weight_decay)
-    train = TrainBatches(data.train_images, data.train_labels, preprocess=stage.loader.preprocess,
-                         rng=stage.loader.rng, workers=stage.loader.workers,
-                         batch_size=opt_cfg.batch_size, seed=seed, pin_memory=device.type == "cuda")
+    progress.summary["bn_precision"] = cast_batch_norm(net, amp, stage.precision.bn_fp32)
+
+    with timer.phase("preprocessing"):  # DAWNBench and airbench count data preparation and whitening
+        train = make_train_loader(stage.loader, data.train_images, data.train_labels,
+                                  batch_size=opt_cfg.batch_size, seed=seed, device=device)
+        whitened = fit_whitening(net, torch.from_numpy(normalise_transpose(data.train_images[:10_000])))
+    batch_size = train.batch_size
     test = eval_batches(data.test_images, data.test_labels, opt_cfg.batch_size)
+    optimizer = make_optimizer(net, opt_cfg, batch_size)
+    epochs = run_epochs(preset, stage)
     steps_per_epoch = len(train)
+    steps_total = total_steps(epochs, steps_per_epoch)
+    average = (WeightAverage(net, stage.ema.kind, stage.ema.momentum, stage.ema.every, steps_total)
+               if stage.ema.kind != "none" else None)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    _warm_up(net, opt_cfg.batch_size, device, amp, channels_last)
+    _warm_up(net, stage, batch_size, device, amp, channels_last)
+    flops_per_step = count_train_flops(net, opt_cfg, batch_size, device, channels_last, amp)
+    progress.summary.update(steps_planned=steps_total, steps_per_epoch=steps_per_epoch, epochs_planned=epochs,
+                            batch_size=batch_size, whitening=whitened)
 
-    timer = PhaseTimer(device)
+    def to_device(x, y):
+        return _to_device(x, y, device, channels_last)
+
+    target = preset.target_accuracy
     net.train()
-    for epoch in range(preset.epochs):
+    for epoch in range(math.ceil(epochs)):
+        if opt_cfg.freeze_whitening_bias_after and epoch >= opt_cfg.freeze_whitening_bias_after:
+            for bias in _whitening_bias(net):
+                bias.requires_grad_(False)  # SGD skips a parameter without a gradient
         before = timer.snapshot()
-        rng_calls_before = train.dataset.rng.calls
+        rng_calls_before = train.rng_calls
         epoch_start = timer.now()
         loss_sum, correct, seen = 0.0, 0, 0
         for step, (x, y) in enumerate(_timed(train, timer, device, channels_last)):
-            lr = stage.schedule.lr_at(epoch + step / steps_per_epoch, preset.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = stage.schedule.lr_at(progress.steps_done / steps_per_epoch, epochs)
+            set_lr(optimizer, lr)
             with timer.phase("forward_backward"):
                 with amp.autocast():
                     logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y)
+                    loss = loss_fn(logits, y, opt_cfg)
                 amp.backward(loss)
-            loss_value = loss.item()
+            loss_value = loss.item() / (len(y) if opt_cfg.loss_reduction == "sum" else 1)
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(progress.steps_done, epoch + 1, loss_value)
             with timer.phase("optimizer_step"):
                 amp.step(optimizer)
                 optimizer.zero_grad(set_to_none=True)
-            progress.steps_done += 1
+                progress.steps_done += 1
+                if average:
+                    average.after_step(progress.steps_done)
             progress.step_losses.append(loss_value)
             loss_sum += loss_value * len(y)
             correct += (logits.detach().argmax(1) == y).sum().item()
             seen += len(y)
             if on_step:
                 on_step(progress.steps_done)
+            if progress.steps_done >= steps_total:
+                break
         with timer.phase("evaluation"):
-            test_loss, test_acc = evaluate(net, test, device, amp, channels_last)
+            evaluated = average.model_to_evaluate() if average else net
+            test_loss, test_acc = evaluate(evaluated, test, to_device=to_device, autocast=amp.autocast)
         seconds = timer.now() - epoch_start
         after = timer.snapshot()
+        progress.total_seconds = sum(after.values())
         row = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -168,15 +260,35 @@ def train_stage(
             "test_loss": test_loss,
             "test_accuracy": test_acc,
             "seconds": seconds,
+            "elapsed_seconds": progress.total_seconds,
             "phases": {p: after.get(p, 0.0) - before.get(p, 0.0) for p in PHASES},
-            # draws made in this process; per-sample draws inside worker processes are not seen
-            "rng_calls": (train.dataset.rng.calls - rng_calls_before
-                          if train.workers == 0 or stage.loader.rng == "bulk" else None),
+            "rng_calls": None if rng_calls_before is None else train.rng_calls - rng_calls_before,
         }
         progress.epochs.append(row)
-        progress.total_seconds += seconds
         progress.phases = {p: after.get(p, 0.0) for p in PHASES}
+        if target is not None and test_acc >= target and "target_epoch" not in progress.summary:
+            progress.summary.update(target_epoch=epoch + 1, target_seconds=progress.total_seconds)
         if on_epoch:
             on_epoch(row)
-    return progress
 
+    evaluated = average.model_to_evaluate() if average else net
+    final_eval_seconds = 0.0
+    if stage.evaluation.tta != "none":
+        with timer.phase("final_evaluation"):
+            _, tta_acc = evaluate(evaluated, test, to_device=to_device, autocast=amp.autocast, tta=stage.evaluation.tta)
+        final_eval_seconds = timer.totals["final_evaluation"]
+        progress.summary.update(test_accuracy=tta_acc, test_accuracy_no_tta=progress.epochs[-1]["test_accuracy"])
+    totals = timer.snapshot()
+    training = sum(totals.get(p, 0.0) for p in ("data_wait", "forward_backward", "optimizer_step"))
+    parts = {"preprocessing": totals.get("preprocessing", 0.0), "training": training,
+             "evaluation": totals.get("evaluation", 0.0), "final_evaluation": final_eval_seconds}
+    progress.total_seconds = sum(totals.values())
+    progress.phases = {p: totals.get(p, 0.0) for p in PHASES + ("final_evaluation",)}
+    progress.summary.update(
+        seconds_by_timing={name: sum(parts[p] for p in included) for name, included in TIMINGS.items()},
+        train_flops=flops_per_step * progress.steps_done,
+        flops_per_second=flops_per_step * progress.steps_done / training if training > 0 else None,
+    )
+    progress.summary.setdefault("target_epoch", None)
+    progress.summary.setdefault("target_seconds", None)
+    return progress

@@ -83,7 +83,6 @@ def test_installed_unknown_names_list_what_exists(installed):
     assert not (elsewhere / "bad-logs" / "runs.jsonl").exists()
 
 
-@pytest.mark.xfail(strict=False, reason="needs config.py to list the presets found in the directory")
 def test_unknown_preset_lists_the_presets_of_its_directory(tmp_path):
     presets = tmp_path / "configs" / "presets"
     presets.mkdir(parents=True)

@@ -151,8 +151,7 @@ def _run_and_signal(tmp_path, signum, stage):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, code, message", [
     pytest.param(signal.SIGINT, 130, "interrupted by the user (Ctrl-C)", id="ctrl-c"),
-    pytest.param(signal.SIGTERM, 143, "terminated (SIGTERM)", id="sigterm",
-                 marks=pytest.mark.xfail(strict=False, reason="needs resnet.py wiring")),
+    pytest.param(signal.SIGTERM, 143, "terminated (SIGTERM)", id="sigterm"),
 ])
 def test_signal_mid_training_logs_one_interrupted_record(tmp_path, signum, code, message):
     # baseline: 4 fresh DataLoader workers every epoch, so there are workers to clean up

@@ -1,4 +1,4 @@
-"""The five stages differ in exactly the keys the blog changes, and each difference is real."""
+"""Adjacent stages differ in exactly the keys their source changed, and each difference is real."""
 
 import dataclasses
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from repro.config import STAGE_ORDER, available_stages, load_preset, load_stage
+from repro.config import available_stages, load_ladders, load_preset, load_stage
 from repro.errors import UserError
 from repro.loaders import AugmentedTrainSet, Crop, FlipLR, TrainBatches, normalise_pad_transpose
-from repro.nets import build_net
+from repro.nets import dawn_resnet18
 from repro.train import build_stage_net
 
 
@@ -23,27 +23,87 @@ def _flat(d, prefix=""):
     return out
 
 
+POST1 = ["baseline", "simplified", "preprocessed", "bulk_rng", "final"]
+# What each source changed from the stage before (page-resnet.md sections 1-2, fast-cifar-sota.md section 8).
 EXPECTED_CHANGES = {
     ("baseline", "simplified"): {"net.duplicate_bn_relu", "schedule.knots", "schedule.lrs"},
     ("simplified", "preprocessed"): {"loader.preprocess", "loader.workers"},
     ("preprocessed", "bulk_rng"): {"loader.rng"},
     ("bulk_rng", "final"): {"loader.workers"},
+    ("final", "batch512"): {"optimizer.batch_size", "schedule.lrs"},
+    ("batch512", "bn_fp32"): {"precision.bn_fp32"},
+    ("bn_fp32", "cutout"): {"loader.cutout"},
+    ("cutout", "epochs30"): {"schedule.knots", "schedule.lrs"},
+    ("epochs30", "batch768"): {"optimizer.batch_size", "schedule.lrs"},
+    ("batch768", "resnet9"): {"net.arch", "net.duplicate_bn_relu", "net.bn_scale", "optimizer.batch_size",
+                              "schedule.knots", "schedule.lrs", "loader.drop_last"},
+    ("resnet9", "device_data"): {"loader.backend"},
+    ("device_data", "pool_before_bn"): {"net.pool_before_bn", "schedule.knots"},
+    ("pool_before_bn", "label_smoothing"): {"optimizer.label_smoothing", "schedule.knots"},
+    ("label_smoothing", "celu"): {"net.activation", "net.celu_alpha", "schedule.knots"},
+    ("celu", "ghost_bn"): {"net.ghost_bn_splits", "schedule.knots", "schedule.lrs"},
+    ("ghost_bn", "frozen_bn_scale"): {"net.bn_scale", "net.celu_alpha", "net.logit_scale", "optimizer.bias_lr_factor",
+                                      "optimizer.bias_wd_factor", "schedule.knots"},
+    ("frozen_bn_scale", "whitening"): {"net.whitening", "loader.cutout", "schedule.knots", "schedule.lrs"},
+    ("whitening", "ema"): {"ema.kind", "schedule.knots", "schedule.lrs"},
+    ("ema", "tta"): {"evaluation.tta", "loader.cutout", "schedule.knots"},
 }
+AIRBENCH_CHANGES = {  # nearly everything: fast-cifar-sota.md section 8
+    "net.arch", "optimizer.batch_size", "optimizer.momentum", "optimizer.loss_reduction", "optimizer.weight_decay",
+    "optimizer.freeze_whitening_bias_after", "schedule.knots", "schedule.lrs", "loader.pad", "loader.flip",
+    "ema.kind", "ema.momentum", "evaluation.tta"}
 
 
-def test_stage_list_is_the_post1_ladder():
-    assert available_stages() == list(STAGE_ORDER)
+def _changed(a: str, b: str) -> set[str]:
+    x, y = (_flat(load_stage(s).as_dict()) for s in (a, b))
+    return {k for k in x.keys() | y.keys()
+            if x.get(k) != y.get(k) and not k.startswith(("source.", "name", "description", "extends"))}
+
+
+def test_ladder_order_is_the_extends_chain():
+    order = available_stages()
+    assert order[:5] == POST1 and order[-2:] == ["tta", "airbench94"]
+    assert [a for a, _ in EXPECTED_CHANGES] + ["tta", "airbench94"] == order
+    for parent, child in zip(order, order[1:]):
+        assert load_stage(child).extends == parent
+    ladders = load_ladders()
+    assert ladders["post1"] == POST1 and ladders["all"] == order
+    assert ladders["bag_of_tricks"][0] == "resnet9" and ladders["bag_of_tricks"][-1] == "tta"
 
 
 @pytest.mark.parametrize("pair", list(EXPECTED_CHANGES))
 def test_adjacent_stages_differ_only_in_their_keys(pair):
-    a, b = (_flat(load_stage(s).as_dict()) for s in pair)
-    changed = {k for k in a if a[k] != b[k] and not k.startswith(("blog.", "name", "description"))}
-    assert changed == EXPECTED_CHANGES[pair]
+    assert _changed(*pair) == EXPECTED_CHANGES[pair]
+
+
+def test_airbench_changes_what_the_record_changed():
+    changed = _changed("tta", "airbench94")
+    assert "net.arch" in changed  # a new net: its table starts afresh
+    assert {k for k in changed if not k.startswith("net.")} == AIRBENCH_CHANGES - {"net.arch"}
+
+
+def test_source_numbers_are_per_stage_and_not_inherited():
+    assert load_stage("baseline").source.entry_seconds == 341
+    assert load_stage("simplified").source.entry_seconds is None
+    assert load_stage("cutout").source.seconds is None  # the post gives no time for it
+    times = [load_stage(s).source.seconds for s in load_ladders()["bag_of_tricks"]]
+    assert times == [75, 70, 64, 59, 52, 46, 43, 36, 33.5, 26]
+    airbench = load_stage("airbench94")
+    assert (airbench.source.seconds, airbench.source.accuracy, airbench.source.timing) == (3.83, 0.9401, "airbench")
+
+
+def test_each_stage_carries_its_own_epochs():
+    epochs = {s: load_stage(s).schedule.epochs for s in available_stages()}
+    assert epochs["final"] == 35 and epochs["epochs30"] == 30 and epochs["resnet9"] == 24
+    assert epochs["tta"] == 10 and epochs["airbench94"] == 9.9
+    cpu, full = load_preset("cpu"), load_preset("full")
+    for s in ("final", "resnet9", "tta"):  # presets scale every stage by the same factor
+        stage = load_stage(s)
+        assert cpu.epochs_for(stage) / full.epochs_for(stage) == pytest.approx(cpu.epoch_scale)
 
 
 def test_loader_settings_per_stage():
-    got = {s: dataclasses.astuple(load_stage(s).loader) for s in STAGE_ORDER}
+    got = {s: (lambda c: (c.preprocess, c.rng, c.workers))(load_stage(s).loader) for s in POST1}
     assert got == {
         "baseline": ("per_sample", "per_sample", 4),
         "simplified": ("per_sample", "per_sample", 4),
@@ -82,7 +142,7 @@ def preset_width0(preset):
 
 
 def test_full_width_net_matches_the_blog():
-    net = build_net(width_divisor=1)
+    net = dawn_resnet18(width_divisor=1)
     widths = [b.conv2.out_channels for b in net.blocks]
     assert widths == [64, 64, 128, 128, 256, 256, 256, 256]
     assert net.linear.in_features == 512 and net.linear.bias is not None
@@ -134,23 +194,51 @@ def test_reflect_padding_mirrors_the_border():
     np.testing.assert_array_equal(padded[:, 4:36, 3], padded[:, 4:36, 5])
 
 
-def test_workers_are_used_as_configured():
+def test_workers_are_used_as_configured(monkeypatch):
+    from torch.utils.data import dataloader
+
+    started = []
+    real_init = dataloader._MultiProcessingDataLoaderIter.__init__
+
+    def init(self, loader):
+        real_init(self, loader)
+        started.append(len(self._workers))
+
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "__init__", init)
     imgs, labels = _images(64), np.arange(64) % 10
     loader = TrainBatches(imgs, labels, preprocess="per_sample", rng="per_sample", workers=2, batch_size=16, seed=0)
-    assert loader.loader.num_workers == 2 and not loader.loader.persistent_workers
-    seen = torch.cat([y for _, y in loader])
-    assert sorted(seen.tolist()) == sorted(labels.tolist())
+    for _ in range(2):  # fresh worker processes every epoch, as PyTorch 0.4 started them
+        seen = torch.cat([y for _, y in loader])
+        assert sorted(seen.tolist()) == sorted(labels.tolist())
+    assert started == [2, 2]
 
 
 def test_unknown_stage_lists_valid_ones():
-    with pytest.raises(UserError, match="unknown stage 'fastest'; valid stages: baseline, simplified, preprocessed, bulk_rng, final"):
+    with pytest.raises(UserError, match="unknown stage 'fastest'; valid stages: baseline, simplified, preprocessed, "
+                                        "bulk_rng, final, batch512, .*, tta, airbench94, all"):
         load_stage("fastest")
+
+
+def test_net_table_is_checked_against_the_builder(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "tta"\n[net]\nwhitenning = true\n')
+    with pytest.raises(UserError, match=r"unknown config key net\.whitenning for arch resnet9; valid keys here: "
+                                        r"net\.arch, net\.pool_before_bn"):
+        load_stage(str(bad))
+    bad.write_text('extends = "tta"\n[net]\nactivation = "swish"\n')
+    with pytest.raises(UserError, match="activation must be relu, celu or gelu, not 'swish'"):
+        load_stage(str(bad))
+    bad.write_text('extends = "tta"\n[net]\nghost_bn_splits = "16"\n')
+    with pytest.raises(UserError, match="net.ghost_bn_splits must be int"):
+        load_stage(str(bad))
+    # a stage that names a new arch starts its net table afresh: resnet9 has no duplicate_bn_relu
+    assert load_stage("resnet9").net == {"arch": "resnet9"}
 
 
 def test_unknown_config_key_is_named(tmp_path):
     bad = tmp_path / "mine.toml"
     bad.write_text('extends = "final"\n[loader]\nworkerz = 2\n')
-    with pytest.raises(UserError, match=r"unknown config key loader\.workerz; valid keys here: loader\.preprocess"):
+    with pytest.raises(UserError, match=r"unknown config key loader\.workerz; valid keys here: loader\.backend, loader\.preprocess"):
         load_stage(str(bad))
 
 
@@ -173,7 +261,8 @@ def test_preset_sizes_are_validated(tmp_path):
     (tmp_path / "configs" / "presets" / "tiny.toml").write_text("epochs = 1\ntrain_images = 0\n")
     with pytest.raises(UserError, match="train_images and test_images must be >= 1"):
         load_preset("tiny", tmp_path / "configs")
-    with pytest.raises(UserError, match="unknown preset 'huge'"):
+    # presets are discovered like stages: the new file is listed
+    with pytest.raises(UserError, match="unknown preset 'huge'; valid presets: auto, cpu, full, smoke, tiny"):
         load_preset("huge", tmp_path / "configs")
     cpu = load_preset("cpu")
-    assert (cpu.epochs, cpu.width_divisor, cpu.train_images, cpu.test_images) == (10, 4, 10000, None)
+    assert (cpu.width_divisor, cpu.train_images, cpu.test_images) == (4, 10000, None)

@@ -1,0 +1,54 @@
+"""Weight averaging: post 8's EMA copy for evaluation and airbench's lookahead-style EMA.
+
+Both keep ``average`` = a copy of every floating-point parameter and buffer (BN statistics
+included) and, every ``every`` steps, move it towards the live weights:
+``average <- decay * average + (1 - decay) * weights``.
+
+* ``eval_copy`` (post 8 step 8): decay = momentum ** every; the live weights train on and the
+  average is what gets evaluated.
+* ``lookahead`` (airbench): decay = momentum ** every * (step / total_steps) ** 3, and the live
+  weights are then set to the average; at the last step decay = 1, so training ends on the average.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def _float_state(module: nn.Module) -> list[torch.Tensor]:
+    return [t for t in module.state_dict(keep_vars=True).values() if t.is_floating_point()]
+
+
+class WeightAverage:
+    def __init__(self, net: nn.Module, kind: str, momentum: float, every: int, total_steps: int):
+        if kind not in ("eval_copy", "lookahead"):
+            raise ValueError(f"EMA kind must be eval_copy or lookahead, not {kind!r}")
+        self.kind, self.momentum, self.every, self.total_steps = kind, momentum, every, total_steps
+        self.net = net
+        self.average = copy.deepcopy(net)
+        for p in self.average.parameters():
+            p.requires_grad_(False)
+
+    def decay(self, step: int) -> float:
+        base = self.momentum ** self.every
+        if self.kind == "eval_copy":
+            return base
+        return 1.0 if step >= self.total_steps else base * (step / self.total_steps) ** 3
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Call after optimiser step number ``step`` (1-based)."""
+        last = step >= self.total_steps
+        if step % self.every and not (last and self.kind == "lookahead"):
+            return
+        decay = self.decay(step)
+        for avg, live in zip(_float_state(self.average), _float_state(self.net)):
+            avg.lerp_(live.detach(), 1.0 - decay)
+            if self.kind == "lookahead":
+                live.copy_(avg)
+
+    def model_to_evaluate(self) -> nn.Module:
+        return self.average if self.kind == "eval_copy" else self.net

@@ -1,0 +1,51 @@
+"""Test accuracy, with the test-time augmentation a stage asks for.
+
+* ``flip`` (post 8 step 9): the mean of the logits of each image and its mirror.
+* ``multiview`` (airbench94): weights 1/2 for that flip pair, and 1/4 for each flip pair of the
+  image translated by one pixel up-left and down-right (reflect padding): 6 views.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def flip_mean(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (net(x).float() + net(x.flip(3)).float())
+
+
+def translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Shift content by (dy, dx) pixels, filling the border by reflection."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    h, w = x.shape[2:]
+    return padded[:, :, 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+
+
+def tta_logits(net: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
+    if tta == "none":
+        return net(x).float()
+    if tta == "flip":
+        return flip_mean(net, x)
+    if tta == "multiview":
+        shifted = 0.5 * (flip_mean(net, translate(x, -1, -1)) + flip_mean(net, translate(x, 1, 1)))
+        return 0.5 * flip_mean(net, x) + 0.5 * shifted
+    raise ValueError(f"tta must be none, flip or multiview, not {tta!r}")
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, batches, *, to_device, autocast, tta: str = "none") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over ``batches``; ``to_device`` moves one (x, y) batch."""
+    was_training = net.training
+    net.eval()
+    correct, loss_sum, count = 0, 0.0, 0
+    for x, y in batches:
+        x, y = to_device(x, y)
+        with autocast():
+            logits = tta_logits(net, x, tta)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        count += len(y)
+    net.train(was_training)
+    return loss_sum / count, correct / count

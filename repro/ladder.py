@@ -1,0 +1,196 @@
+"""Run records -> a ladder: one row per stage with measured time and accuracy (mean ± std over
+runs), the source's numbers beside them, ratios to the first stage, runs reaching the target,
+and Welch t-tests against the previous stage.
+
+The CLI table (``repro.resnet``), the report (``repro.report``) and the rn-* claims all read
+ladders through this module, so a ratio means the same thing everywhere.
+
+Measured seconds are taken on the same clock as the source's (``[source] timing``): the blog's
+posts 1-4 counted every epoch's test pass, DAWNBench (post 8) counted no validation, airbench
+counts whitening + training + the final TTA pass. A record also keeps the suite's own total.
+"""
+
+from __future__ import annotations
+
+import statistics
+import warnings
+from dataclasses import dataclass, field
+
+from .config import StageConfig, available_stages, load_stage
+
+
+def measured_seconds(record: dict, timing: str = "blog") -> float:
+    """The record's seconds on ``timing``'s clock (records from before clocks were kept: the total)."""
+    by_timing = record.get("seconds_by_timing") or {}
+    return float(by_timing.get(timing, record["total_seconds"]))
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Welch t-test p-value, None with fewer than 2 values on a side (or no spread)."""
+    if len(a) < 2 or len(b) < 2 or (statistics.stdev(a) == 0 and statistics.stdev(b) == 0):
+        return None
+    from scipy import stats
+
+    with warnings.catch_warnings():  # near-identical samples: scipy warns, the p-value is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def one_sample_p(values: list[float], target: float) -> float | None:
+    """One-sided p-value for 'mean > target' (the speedrun records' test), None with < 2 runs."""
+    if len(values) < 2 or statistics.stdev(values) == 0:
+        return None
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_1samp(values, target, alternative="greater").pvalue)
+
+
+@dataclass
+class StageRow:
+    stage: str
+    description: str
+    timing: str
+    seconds: list[float]
+    accuracy: list[float]
+    total_seconds: list[float]
+    source_seconds: float | None
+    source_accuracy: float | None
+    source_note: str = ""
+    accuracy_no_tta: list[float] = field(default_factory=list)
+    ratio: float | None = None  # mean seconds / first stage's mean seconds
+    source_ratio: float | None = None
+    reached: int | None = None  # runs at or above the target
+    target_seconds: list[float] = field(default_factory=list)
+    p_time: float | None = None  # Welch, against the previous stage
+    p_accuracy: float | None = None
+    p_target: float | None = None  # one-sided, mean accuracy above the target
+    flops: float | None = None
+
+    @property
+    def runs(self) -> int:
+        return len(self.seconds)
+
+    @property
+    def seconds_mean_std(self):
+        return _mean_std(self.seconds)
+
+    @property
+    def accuracy_mean_std(self):
+        return _mean_std(self.accuracy)
+
+
+def _stage_config(name: str) -> StageConfig | None:
+    try:
+        return load_stage(name)
+    except Exception:  # noqa: BLE001 (a record of a custom or since-renamed stage still shows)
+        return None
+
+
+def group_by_stage(records: list[dict]) -> dict[str, list[dict]]:
+    """ok records per stage, stages in ladder order (unknown stages last, in log order)."""
+    order = {s: i for i, s in enumerate(available_stages())}
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        if rec.get("status", "ok") == "ok" and rec.get("total_seconds") is not None:
+            groups.setdefault(rec["stage"], []).append(rec)
+    return dict(sorted(groups.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def ladder_rows(records: list[dict], target: float | None = None) -> list[StageRow]:
+    rows: list[StageRow] = []
+    for stage, recs in group_by_stage(records).items():
+        config = _stage_config(stage)
+        source = config.source if config else None
+        timing = source.timing if source else "blog"
+        accs = [r["test_accuracy"] for r in recs if r.get("test_accuracy") is not None]
+        row = StageRow(
+            stage=stage, description=config.description if config else "", timing=timing,
+            seconds=[measured_seconds(r, timing) for r in recs], accuracy=accs,
+            total_seconds=[r["total_seconds"] for r in recs],
+            source_seconds=source.seconds if source else recs[0].get("blog_seconds"),
+            source_accuracy=source.accuracy if source else None, source_note=source.note if source else "",
+            accuracy_no_tta=[r["test_accuracy_no_tta"] for r in recs if r.get("test_accuracy_no_tta") is not None],
+            target_seconds=[r["target_seconds"] for r in recs if r.get("target_seconds") is not None],
+            flops=statistics.fmean(r["train_flops"] for r in recs) if all(r.get("train_flops") for r in recs) else None,
+        )
+        if target is not None:
+            row.reached = sum(a >= target for a in accs)
+            row.p_target = one_sample_p(accs, target)
+        rows.append(row)
+    first = rows[0] if rows else None
+    for prev, row in zip([None] + rows, rows):
+        if first and first.seconds:
+            row.ratio = statistics.fmean(row.seconds) / statistics.fmean(first.seconds)
+        if first and first.source_seconds and row.source_seconds:
+            row.source_ratio = row.source_seconds / first.source_seconds
+        if prev is not None:
+            row.p_time = welch_p(prev.seconds, row.seconds)
+            row.p_accuracy = welch_p(prev.accuracy, row.accuracy)
+    return rows
+
+
+def fmt_mean_std(values: list[float], scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
+    mean, std = _mean_std([v * scale for v in values])
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}{unit}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}{unit}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def table_cells(row: StageRow, target: float | None) -> dict[str, str]:
+    """One row as text cells, shared by the terminal table and the markdown report."""
+    cells = {
+        "stage": row.stage,
+        "runs": str(row.runs),
+        "seconds": fmt_mean_std(row.seconds),
+        "clock": row.timing,
+        "accuracy": fmt_mean_std(row.accuracy, 100, 2, "%"),
+        "no TTA": fmt_mean_std(row.accuracy_no_tta, 100, 2, "%") if row.accuracy_no_tta else "-",
+        "÷first": f"{row.ratio:.3f}" if row.ratio is not None else "-",
+        "source s": f"{row.source_seconds:g}" if row.source_seconds else "-",
+        "source ÷first": f"{row.source_ratio:.3f}" if row.source_ratio is not None else "-",
+        "source acc": f"{100 * row.source_accuracy:.2f}%" if row.source_accuracy else "-",
+        "p(time)": fmt_p(row.p_time),
+        "p(acc)": fmt_p(row.p_accuracy),
+        "TFLOP": f"{row.flops / 1e12:.2f}" if row.flops else "-",
+    }
+    if target is not None:
+        cells[f"≥{100 * target:g}%"] = f"{row.reached}/{row.runs}"
+        cells["to target s"] = fmt_mean_std(row.target_seconds) if row.target_seconds else "-"
+        cells["p(>target)"] = fmt_p(row.p_target)
+    return cells
+
+
+def rich_table(records: list[dict], target: float | None, title: str):
+    from rich.table import Table
+
+    rows = ladder_rows(records, target)
+    table = Table(title=title)
+    cells = [table_cells(r, target) for r in rows]
+    for col in (cells[0] if cells else {}):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for c in cells:
+        table.add_row(*c.values())
+    return table
+
+
+def markdown_table(records: list[dict], target: float | None) -> list[str]:
+    cells = [table_cells(r, target) for r in ladder_rows(records, target)]
+    if not cells:
+        return []
+    head = list(cells[0])
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(c.values()) + " |" for c in cells]
