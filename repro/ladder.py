@@ -73,6 +73,7 @@ class StageRow:
     p_accuracy: float | None = None
     p_target: float | None = None  # one-sided, mean accuracy above the target
     flops: float | None = None
+    epoch_seconds: list[float] = field(default_factory=list)  # per run: mean wall seconds of an epoch (suite clock)
 
     @property
     def runs(self) -> int:
@@ -120,6 +121,7 @@ def ladder_rows(records: list[dict], target: float | None = None) -> list[StageR
             accuracy_no_tta=[r["test_accuracy_no_tta"] for r in recs if r.get("test_accuracy_no_tta") is not None],
             target_seconds=[r["target_seconds"] for r in recs if r.get("target_seconds") is not None],
             flops=statistics.fmean(r["train_flops"] for r in recs) if all(r.get("train_flops") for r in recs) else None,
+            epoch_seconds=[statistics.fmean(e["seconds"] for e in r["epochs"]) for r in recs if r.get("epochs")],
         )
         if target is not None:
             row.reached = sum(a >= target for a in accs)
@@ -157,6 +159,7 @@ def table_cells(row: StageRow, target: float | None) -> dict[str, str]:
         "runs": str(row.runs),
         "seconds": fmt_mean_std(row.seconds),
         "clock": row.timing,
+        "s/epoch": fmt_mean_std(row.epoch_seconds) if row.epoch_seconds else "-",
         "accuracy": fmt_mean_std(row.accuracy, 100, 2, "%"),
         "no TTA": fmt_mean_std(row.accuracy_no_tta, 100, 2, "%") if row.accuracy_no_tta else "-",
         "÷first": f"{row.ratio:.3f}" if row.ratio is not None else "-",

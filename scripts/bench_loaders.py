@@ -1,5 +1,6 @@
-"""One epoch of augmentation + batching for each post-1 loader mode, side by side, against a
-torchvision per-image DataLoader. Prints images/s and the ratio to the torchvision loader.
+"""One epoch of augmentation + batching for each loader of the ladder (post 1's DataLoader modes
+and post 8's device-resident grouped loader), side by side, against a torchvision per-image
+DataLoader. Prints images/s and the ratio to the torchvision loader.
 
     python scripts/bench_loaders.py --data ../shared/data/cifar10-jpeg.tar.gz --images 20000
     python scripts/bench_loaders.py --data synthetic
@@ -19,10 +20,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from repro.config import STAGE_ORDER, load_stage
+from repro.config import available_stages, load_stage
 from repro.data import SYNTHETIC, load_cifar10
 from repro.errors import UserError
-from repro.loaders import MEAN, STD, TrainBatches
+from repro.loaders import MEAN, STD, make_train_loader
 
 
 class TorchvisionPerImage(torch.utils.data.Dataset):
@@ -51,15 +52,15 @@ def loaders(images, labels, batch_size, seed):
     """Name -> a zero-argument factory of a fresh epoch iterable."""
     out = {}
     seen = set()
-    for stage in STAGE_ORDER:
+    for stage in available_stages():
         lc = load_stage(stage).loader
-        key = (lc.preprocess, lc.rng, lc.workers)
-        if key in seen:  # baseline and simplified share a loader
+        if lc in seen:  # stages that share a loader configuration
             continue
-        seen.add(key)
-        name = f"{stage} ({lc.preprocess}/{lc.rng}/{lc.workers}w)"
-        out[name] = lambda lc=lc: TrainBatches(images, labels, preprocess=lc.preprocess, rng=lc.rng,
-                                               workers=lc.workers, batch_size=batch_size, seed=seed)
+        seen.add(lc)
+        mode = "device, grouped" if lc.backend == "device" else f"{lc.preprocess}/{lc.rng}/{lc.workers}w"
+        extras = (f", cutout {lc.cutout}" if lc.cutout else "") + (f", {lc.flip} flip" if lc.flip != "random" else "")
+        out[f"{stage} ({mode}{extras})"] = lambda lc=lc: make_train_loader(
+            lc, images, labels, batch_size=batch_size, seed=seed, device=torch.device("cpu"))
     tv = TorchvisionPerImage(images, labels)
     out["torchvision v2 per image (0w)"] = lambda: torch.utils.data.DataLoader(tv, batch_size=batch_size, shuffle=True)
     return out

@@ -11,8 +11,8 @@ def test_report_from_fixture(tmp_path):
     assert main(["--log-dir", str(FIXTURE), "--out", str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     # the fixture's two cpu ladders: baseline 410 s / 400 s, final 340 s / 330 s (335/405 = 0.827)
-    assert "| baseline | 2 | 405.0 ± 7.1 | blog | 93.20 ± 0.14% | - | 1.000 | 356 | 1.000 | 94.00% |" in md
-    assert "| final | 2 | 335.0 ± 7.1 | blog | 94.20 ± 0.14% | - | 0.827 | 297 | 0.834 | 94.12% |" in md
+    assert "| baseline | 2 | 405.0 ± 7.1 | blog | 202.5 ± 3.5 | 93.20 ± 0.14% | - | 1.000 | 356 | 1.000 | 94.00% |" in md
+    assert "| final | 2 | 335.0 ± 7.1 | blog | 167.5 ± 3.5 | 94.20 ± 0.14% | - | 0.827 | 297 | 0.834 | 94.12% |" in md
     assert md.index("preset cpu") < md.index("preset smoke (synthetic)")  # real data first
     assert "341 s" in md and "loss vs optimal_loss" in md
     # 2 runs: the interrupted record ("broken", group g-broken) counts nowhere
