@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from . import runlog
+from . import distributed, runlog
 from .config import (Preset, StageConfig, available_presets, available_stages, load_ladders, load_preset, load_stage,
                      run_epochs)
 from .data import SYNTHETIC, CifarArrays, load_cifar10
@@ -59,6 +59,9 @@ def parse_args(argv):
                         "work is loading, 1 can be several times faster than 2")
     p.add_argument("--log-dir", default="logs", help="where runs.jsonl is appended (default logs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch rows")
+    p.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
+                   help="under torchrun: seconds to wait for a rank that stopped reporting before giving up "
+                        "on it (default 600)")
     args = p.parse_args(argv)
     if args.runs < 1:
         raise UserError("--runs must be at least 1")
@@ -129,8 +132,9 @@ def _progress(console: Console, enabled: bool) -> Progress:
 
 
 def run_one(stage: StageConfig, preset: Preset, data: CifarArrays, *, device, precision, channels_last, seed,
-            args, group_id, preset_reason, console: Console, show: bool) -> dict:
-    """Train one stage once and append its record, whatever happens."""
+            args, group_id, preset_reason, console: Console, show: bool, append=None) -> dict:
+    """Train one stage once and append its record (``append(record, log_dir)``, default
+    runlog.append_record), whatever happens."""
     record = runlog.new_record(
         "resnet", stage=stage.name, preset=preset.name, preset_reason=preset_reason, seed=seed,
         device=str(device), precision=precision, channels_last=channels_last,
@@ -170,7 +174,7 @@ def run_one(stage: StageConfig, preset: Preset, data: CifarArrays, *, device, pr
                       **{k: v for k, v in progress.summary.items() if k != "test_accuracy"})
         if error:
             record["error"] = error
-        runlog.append_record(record, args.log_dir)
+        (append or runlog.append_record)(record, args.log_dir)
     if status == "interrupted":
         raise interruption
     if status == "failed":
@@ -200,7 +204,17 @@ def main(argv=None) -> int:
     show = not args.quiet
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    ctx = distributed.init_from_env(args.device, args.dist_timeout, args.threads)  # None without torchrun
+    try:
+        return _main(args, console, show, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _main(args, console: Console, show: bool, ctx) -> int:
+    if ctx is not None and not ctx.is_main:
+        console.quiet = True  # ranks > 0 print nothing but errors (stderr)
+    device = ctx.device if ctx is not None else resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     preset_name, preset_reason = choose_preset(args.preset, device)
     preset = load_preset(preset_name)
@@ -210,7 +224,11 @@ def main(argv=None) -> int:
     stages = [load_stage(name) for name in select_stages(args)]  # every config is checked before any training
     runlog.check_log_dir(args.log_dir)  # a bad log dir fails now, not after the training it would lose
 
+    if ctx is not None and ctx.local_rank != 0:
+        distributed.barrier(ctx)  # one download / decode per node: local rank 0 first
     data = load_data(args, preset)
+    if ctx is not None and ctx.local_rank == 0:
+        distributed.barrier(ctx)
     epochs = (f"{preset.epochs:g} epochs" if preset.epochs is not None
               else f"each stage's epochs x {preset.epoch_scale:g}")
     console.print(f"[bold]preset {preset.name}[/bold] ({preset_reason}): {epochs}, "
@@ -220,6 +238,15 @@ def main(argv=None) -> int:
     console.print(f"data: {'[bold red]' if data.synthetic else ''}{data.source_label}{'[/]' if data.synthetic else ''}")
 
     group_id = uuid.uuid4().hex[:12]
+    if ctx is not None:
+        group_id = distributed.broadcast(ctx, group_id)  # one group over all ranks
+
+        def run(stage, seed, append):
+            return run_one(stage, preset, data, device=device, precision=precision, channels_last=channels_last,
+                           seed=seed, args=args, group_id=group_id, preset_reason=preset_reason, console=console,
+                           show=show, append=append)
+        return distributed.main_loop(ctx, stages, args, run, console, group_id=group_id,
+                                     target=preset.target_accuracy, title=ladder_title, synthetic=data.synthetic)
     records = []
     try:
         for stage in stages:

@@ -1,0 +1,301 @@
+"""``torchrun ... -m repro.resnet --runs N``: the N seeds shared over the ranks, each seed run once.
+
+    torchrun --nproc-per-node 2 -m repro.resnet --stage final --runs 8
+
+Rank r runs seeds s + r, s + r + P, ... of every stage on its own device (``cuda:LOCAL_RANK``, or
+the CPU with ``cores // local ranks`` torch threads). Each rank publishes its finished records,
+and the (stage, seed) it is running, in the process group's store as it goes; rank 0 collects
+them, appends every record exactly once and prints the ladder table. A rank that stops
+reporting (killed, hung) for ``--dist-timeout`` seconds is given up on with a one-line error: its
+finished runs are still appended, and the run it was in is appended as ``failed``. Seeds it had
+not reached are named in the error, not recorded (they never ran).
+
+Without ``WORLD_SIZE`` in the environment (plain ``python -m repro.resnet``) nothing here is used.
+Limitation: the records travel through rank 0, so a run whose rank 0 dies leaves no records.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import pickle
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import runlog
+from .errors import UserError
+
+HEARTBEAT_SECONDS = 2.0
+DEFAULT_TIMEOUT = 600.0
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+    timeout: float
+    store: object = field(repr=False, default=None)
+    _stop: threading.Event = field(repr=False, default_factory=threading.Event)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun(environ=os.environ) -> bool:
+    return "WORLD_SIZE" in environ and "RANK" in environ
+
+
+def my_seeds(seed: int, runs: int, rank: int, world_size: int) -> list[int]:
+    """Rank r's seeds: s + r, s + r + P, ...; over all ranks each of s .. s+runs-1 exactly once."""
+    return [seed + i for i in range(rank, runs, world_size)]
+
+
+def _env_int(environ, name: str, default: int | None = None) -> int:
+    value = environ.get(name)
+    if value is None:
+        if default is None:
+            raise UserError(f"torchrun environment incomplete: {name} is not set")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"torchrun environment: {name}={value!r} is not an integer") from None
+
+
+def init_from_env(device_request: str, timeout: float, threads: int | None = None,
+                  environ=os.environ) -> DistContext | None:
+    """The process group from torchrun's variables (None when not launched that way).
+
+    NCCL on ``cuda:LOCAL_RANK`` when CUDA is asked for or available, else gloo on the CPU with
+    the cores shared between this node's ranks (unless ``threads`` is given).
+    """
+    if not launched_by_torchrun(environ):
+        return None
+    import torch.distributed as dist
+
+    if timeout <= 0:
+        raise UserError("--dist-timeout must be above 0")
+    rank, world = _env_int(environ, "RANK"), _env_int(environ, "WORLD_SIZE")
+    local_rank = _env_int(environ, "LOCAL_RANK", 0)
+    local_world = _env_int(environ, "LOCAL_WORLD_SIZE", world)
+    use_cuda = device_request == "cuda" or (device_request == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local_rank}, but this node has {torch.cuda.device_count()} CUDA "
+                            "device(s): use --nproc-per-node at most that many")
+        device, backend = torch.device("cuda", local_rank), "nccl"
+        torch.cuda.set_device(device)
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    try:
+        dist.init_process_group(backend, timeout=_dt.timedelta(seconds=timeout),
+                                device_id=device if use_cuda else None)
+    except Exception as exc:  # a peer that never came up: DistStoreError / RuntimeError after the timeout
+        raise UserError(f"rank {rank}: the process group did not form within --dist-timeout {timeout:g}s "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    ctx = DistContext(rank, world, local_rank, local_world, device, backend, timeout,
+                      store=dist.distributed_c10d._get_default_store())
+    threading.Thread(target=_heartbeat, args=(ctx,), daemon=True, name="repro-heartbeat").start()
+    return ctx
+
+
+def _heartbeat(ctx: DistContext) -> None:
+    """Count up ``beat/RANK`` every few seconds while this rank lives, training or not."""
+    while not ctx._stop.is_set():
+        try:
+            ctx.store.add(f"repro/beat/{ctx.rank}", 1)
+        except Exception:  # the store (rank 0's agent) is gone: nothing left to tell
+            return
+        ctx._stop.wait(HEARTBEAT_SECONDS)
+
+
+def broadcast(ctx: DistContext, value):
+    """Rank 0's ``value`` on every rank (the group id of the runs)."""
+    import torch.distributed as dist
+
+    box = [value if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+class Reporter:
+    """One rank's reports in the store: what it is running, what it finished, when it is done."""
+
+    def __init__(self, ctx: DistContext):
+        self.ctx, self.records = ctx, []
+
+    def starting(self, stage: str, seed: int) -> None:
+        self.ctx.store.set(f"repro/running/{self.ctx.rank}", pickle.dumps((stage, seed)))
+
+    def finished(self, record: dict, log_dir=None) -> None:
+        """The ``append`` of run_one: keep the record here, publish it, append nothing yet."""
+        record.update(rank=self.ctx.rank, world_size=self.ctx.world_size)
+        self.records.append(record)
+        self.ctx.store.set(f"repro/records/{self.ctx.rank}", pickle.dumps(self.records))
+        self.ctx.store.set(f"repro/running/{self.ctx.rank}", pickle.dumps(None))
+
+    def done(self, outcome: str) -> None:
+        self.ctx.store.set(f"repro/done/{self.ctx.rank}", outcome.encode())
+
+
+def _get(store, key: str, default=None):
+    if not store.check([key]):
+        return default
+    return pickle.loads(store.get(key))
+
+
+def collect(ctx: DistContext, own: list[dict], plan: dict[int, list[tuple[str, int]]], group_id: str,
+            *, patience: float | None = None) -> tuple[list[dict], list[str]]:
+    """On rank 0: every rank's records, and one error line per rank given up on.
+
+    Waits for each rank's ``done`` while its heartbeat keeps counting; one whose heartbeat has
+    not moved for ``patience`` seconds (default ``--dist-timeout``) is given up on: its finished
+    records are kept, the run it was in becomes a ``failed`` record.
+    """
+    store, patience = ctx.store, ctx.timeout if patience is None else patience
+    records, errors = list(own), []
+    waiting = set(range(1, ctx.world_size))
+    last_beat = {r: (None, time.monotonic()) for r in waiting}
+    while waiting:
+        for r in sorted(waiting):
+            if store.check([f"repro/done/{r}"]):
+                records.extend(_get(store, f"repro/records/{r}", []))
+                waiting.discard(r)
+                continue
+            beat = store.add(f"repro/beat/{r}", 0)
+            if beat != last_beat[r][0]:
+                last_beat[r] = (beat, time.monotonic())
+            elif time.monotonic() - last_beat[r][1] > patience:
+                finished = _get(store, f"repro/records/{r}", [])
+                records.extend(finished)
+                running = _get(store, f"repro/running/{r}")
+                lost = f"rank {r} stopped reporting (killed or hung) for over {patience:g}s"
+                if running is not None:
+                    stage, seed = running
+                    records.append(runlog.new_record(
+                        "resnet", stage=stage, seed=seed, group_id=group_id, status="failed", error=lost,
+                        rank=r, world_size=ctx.world_size))
+                done = {(rec["stage"], rec["seed"]) for rec in finished} | ({running} if running else set())
+                never = [f"{s} seed {n}" for s, n in plan[r] if (s, n) not in done]
+                errors.append(lost + (f"; its run {running[0]} seed {running[1]} is recorded as failed"
+                                      if running else "") + (f"; never run: {', '.join(never)}" if never else ""))
+                waiting.discard(r)
+        if waiting:
+            time.sleep(0.2)
+    return records, errors
+
+
+def teardown(ctx: DistContext | None) -> None:
+    if ctx is None:
+        return
+    import torch.distributed as dist
+
+    ctx._stop.set()
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            pass
+
+
+def run_shard(ctx: DistContext, stages, seed: int, runs: int, run) -> tuple[Reporter, str, BaseException | None, str | None]:
+    """This rank's seeds of every stage, stage by stage; ``run(stage, seed, append)`` trains one.
+
+    A failed run (UserError from run_one) or an interruption stops this rank's loop, as it stops a
+    single process; either way the rank reports ``done`` so rank 0 does not wait for it.
+    """
+    reporter = Reporter(ctx)
+    outcome, interruption, failure = "ok", None, None
+    try:
+        for stage in stages:
+            for s in my_seeds(seed, runs, ctx.rank, ctx.world_size):
+                reporter.starting(stage.name, s)
+                run(stage, s, reporter.finished)
+    except KeyboardInterrupt as exc:
+        outcome, interruption = "interrupted", exc
+    except UserError as exc:
+        outcome, failure = "failed", str(exc)
+    finally:
+        reporter.done(outcome)
+    return reporter, outcome, interruption, failure
+
+
+def plan(ctx: DistContext, stages, seed: int, runs: int) -> dict[int, list[tuple[str, int]]]:
+    return {r: [(st.name, s) for st in stages for s in my_seeds(seed, runs, r, ctx.world_size)]
+            for r in range(ctx.world_size)}
+
+
+def mark_collected(ctx: DistContext) -> None:
+    ctx.store.set("repro/collected", b"1")
+
+
+def wait_collected(ctx: DistContext) -> bool:
+    """On ranks > 0: stay up until rank 0 has the records (torchrun stops every rank when one exits
+    with an error), at most ``--dist-timeout``."""
+    try:
+        ctx.store.wait(["repro/collected"], _dt.timedelta(seconds=ctx.timeout))
+        return True
+    except Exception:
+        return False
+
+
+def main_loop(ctx: DistContext, stages, args, run, console, *, group_id: str, target, title, synthetic: bool) -> int:
+    """Every rank: run its shard. Rank 0: collect, append each record once, print the table."""
+    import sys
+
+    from .errors import EXIT_USER_ERROR, interrupt_exit_code, interrupt_message
+    from .ladder import rich_table
+
+    order = {st.name: i for i, st in enumerate(stages)}
+    if ctx.is_main:
+        console.print(f"torchrun: {ctx.world_size} ranks ({ctx.backend}), {args.runs} run(s) per stage as seeds "
+                      f"{args.seed}..{args.seed + args.runs - 1}; rank r runs seeds s+r, s+r+{ctx.world_size}, ...")
+    reporter, outcome, interruption, failure = run_shard(ctx, stages, args.seed, args.runs, run)
+    if not ctx.is_main:
+        if failure:
+            print(f"error: rank {ctx.rank}: {failure}", file=sys.stderr)
+        wait_collected(ctx)
+        if interruption is not None:
+            return interrupt_exit_code(interruption)
+        return EXIT_USER_ERROR if failure else 0
+    # an interrupted rank 0 is being stopped (torchrun gives ~30 s before SIGKILL): wait briefly for the rest
+    patience = min(ctx.timeout, 10.0) if interruption is not None else None
+    records, errors = collect(ctx, reporter.records, plan(ctx, stages, args.seed, args.runs), group_id,
+                              patience=patience)
+    records.sort(key=lambda r: (order.get(r["stage"], len(order)), r["seed"]))
+    for record in records:
+        runlog.append_record(record, args.log_dir)
+    mark_collected(ctx)
+    ok = [r for r in records if r.get("status") == "ok"]
+    if ok:
+        console.print(rich_table(ok, target, title(ok)))
+    if synthetic:
+        console.print("[bold red]SYNTHETIC data[/bold red]: accuracies say nothing about CIFAR-10")
+    console.print(f"{len(records)} records from {ctx.world_size} ranks appended to {runlog.log_path(args.log_dir)}")
+    bad = [r for r in records if r.get("status") != "ok"]
+    for r in bad:
+        print(f"error: {r['stage']} seed {r['seed']} (rank {r.get('rank', '?')}): {r.get('status')}"
+              + (f": {r['error']}" if r.get("error") else ""), file=sys.stderr)
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    if interruption is not None:
+        console.print(f"[yellow]{interrupt_message(interruption)}[/yellow]: unfinished runs logged as 'interrupted'")
+        return interrupt_exit_code(interruption)
+    return EXIT_USER_ERROR if (bad or errors or failure) else 0
