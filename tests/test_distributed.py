@@ -112,3 +112,25 @@ def test_a_killed_rank_is_recorded_failed_and_the_others_do_not_hang(tmp_path):
     assert len(lost) == 1 and lost[0]["status"] == "failed" and "rank 1 stopped reporting" in lost[0]["error"]
     assert "error: rank 1 stopped reporting (killed or hung)" in err
     assert all(r["status"] in ("ok", "interrupted") for r in recs if r["rank"] == 0)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_torchrun_records_every_rank_interrupted_once(tmp_path):
+    proc = _torchrun([*SMOKE, "--epochs", "3", "--runs", "4", "--log-dir", str(tmp_path / "log")])
+    try:
+        for line in proc.stdout:
+            if "epoch   1" in line:
+                break
+        proc.send_signal(signal.SIGINT)  # torchrun passes it on to every rank
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    recs = read_records(tmp_path / "log" / "runs.jsonl")
+    seeds = [r["seed"] for r in recs]
+    assert len(seeds) == len(set(seeds))  # never duplicated
+    for rank in (0, 1):  # each rank: its finished runs ok, the one it was in interrupted (none missing)
+        statuses = [r["status"] for r in recs if r["rank"] == rank]
+        assert statuses and statuses[-1] == "interrupted" and set(statuses[:-1]) <= {"ok"}
+    assert "unfinished runs logged as 'interrupted'" in out
