@@ -52,6 +52,7 @@ def test_two_gloo_ranks_run_four_seeds_once_with_single_process_losses(tmp_path,
     assert all(r["status"] == "ok" and r["world_size"] == 2 for r in recs)
     assert {r["seed"]: r["rank"] for r in recs} == {3: 0, 4: 1, 5: 0, 6: 1}
     assert len({r["group_id"] for r in recs}) == 1
+    assert all(r["hardware"]["torch_threads"] == max(1, os.cpu_count() // 2) for r in recs)  # cores shared out
     assert out.count("p(time)") == 1 and "4 records from 2 ranks" in out  # one table, printed once
     assert out.count("preset smoke (requested)") == 1  # ranks > 0 are silent
 
@@ -134,3 +135,18 @@ def test_ctrl_c_to_torchrun_records_every_rank_interrupted_once(tmp_path):
         statuses = [r["status"] for r in recs if r["rank"] == rank]
         assert statuses and statuses[-1] == "interrupted" and set(statuses[:-1]) <= {"ok"}
     assert "unfinished runs logged as 'interrupted'" in out
+
+
+@pytest.mark.slow
+def test_a_failed_run_on_a_rank_is_recorded_once_as_failed(tmp_path):
+    cfg = tmp_path / "explode.toml"  # lr 1e12: the loss goes non-finite within a few steps on every rank
+    cfg.write_text('extends = "final"\n[schedule]\nknots = [0, 35]\nlrs = [1e12, 1e12]\n')
+    args = [a if a != "final" else str(cfg) for a in SMOKE]
+    proc = _torchrun([*args, "--epochs", "1", "--runs", "3", "--quiet", "--log-dir", str(tmp_path / "log")])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    recs = read_records(tmp_path / "log" / "runs.jsonl")
+    # each rank stops at its first failure, as one process stops: seeds 0 (rank 0) and 1 (rank 1), not 2
+    assert sorted((r["seed"], r["rank"], r["status"]) for r in recs) == [(0, 0, "failed"), (1, 1, "failed")]
+    assert all(isinstance(r["failed_step"], int) for r in recs)
+    assert "error: explode seed 1 (rank 1): failed" in err
