@@ -133,6 +133,17 @@ def rounds_to(value: float, claimed: float, significant: int) -> bool:
     return float(f"{value:.{significant}g}") == float(f"{claimed:.{significant}g}")
 
 
+def approximately(measured: str, value: float, claimed: float, significant: int, how: str, data: dict) -> Finding:
+    """A computed finding on "approximately ``claimed``": ✓ when ``value`` rounds to it."""
+    return Finding(
+        measured=measured,
+        verdict=YES if rounds_to(value, claimed, significant) else NO,
+        basis=COMPUTED,
+        evidence=f"{how}; 'approximately {fmt(claimed)}' read as the same {significant} significant figure(s)",
+        data=data,
+    )
+
+
 def count_flops_per_image(batch: int = 2, seed: int = 0) -> dict:
     """FLOPs of one forward and one forward+backward pass per 32×32 image of the post-1 ResNet-18
     (full width, training mode), counted by torch.utils.flop_counter (convolutions and matmuls,
@@ -167,16 +178,12 @@ def _epochs() -> float:
 def flops_per_image(claim, ctx) -> Finding:
     """rn-blog-flops: ≈2.8e9 FLOPs for a forward and backward pass of one image."""
     f = _flops(ctx)
-    claimed = float(claim.params["flops"])
-    return Finding(
-        measured=f"counted {fmt(f['total'], 3)} FLOP/image (forward {fmt(f['forward'], 3)}, backward "
+    return approximately(
+        f"counted {fmt(f['total'], 3)} FLOP/image (forward {fmt(f['forward'], 3)}, backward "
         f"{fmt(f['backward'], 3)}; backward/forward {f['backward'] / f['forward']:.2f})",
-        verdict=YES if rounds_to(f["total"], claimed, claim.params["significant"]) else NO,
-        basis=COMPUTED,
-        evidence="torch.utils.flop_counter.FlopCounterMode on repro.nets dawn_resnet18 (post 1's net), "
-        f"claimed {fmt(claimed)} to {claim.params['significant']} significant figures; convs and matmuls only",
-        data=f,
-    )
+        f["total"], float(claim.params["flops"]), claim.params["significant"],
+        "torch.utils.flop_counter.FlopCounterMode on repro.nets dawn_resnet18 (post 1's net; convs and "
+        "matmuls only)", f)
 
 
 def training_flops(claim, ctx) -> Finding:
@@ -185,15 +192,11 @@ def training_flops(claim, ctx) -> Finding:
     epochs = _epochs()
     total = p["flops_per_image"] * p["images"] * epochs
     counted = _flops(ctx)["total"] * p["images"] * epochs
-    return Finding(
-        measured=f"{fmt(p['flops_per_image'])} × {p['images']} × {fmt(epochs)} = {fmt(total, 2)} "
+    return approximately(
+        f"{fmt(p['flops_per_image'])} × {p['images']} × {fmt(epochs)} = {fmt(total, 2)} "
         f"(with the counted FLOPs: {fmt(counted, 2)})",
-        verdict=YES if rounds_to(total, p["total"], p["significant"]) else NO,
-        basis=COMPUTED,
-        evidence=f"epochs from the stage configs' LR schedule; claimed {fmt(p['total'])} to "
-        f"{p['significant']} significant figure(s)",
-        data={"total": total, "counted_total": counted},
-    )
+        total, p["total"], p["significant"], "epochs from the stage configs' LR schedule",
+        {"total": total, "counted_total": counted})
 
 
 def peak_seconds(claim, ctx) -> Finding:
@@ -203,15 +206,10 @@ def peak_seconds(claim, ctx) -> Finding:
     p = claim.params
     seconds = p["total"] / p["peak"]
     final = blog_seconds()["final"]
-    return Finding(
-        measured=f"{fmt(p['total'])} / {fmt(p['peak'])} FLOP/s = {fmt(seconds, 3)} s; the post's final "
+    return approximately(
+        f"{fmt(p['total'])} / {fmt(p['peak'])} FLOP/s = {fmt(seconds, 3)} s; the post's final "
         f"{fmt(final)} s would run at {seconds / final:.1%} of peak",
-        verdict=YES if rounds_to(seconds, p["seconds"], p["significant"]) else NO,
-        basis=COMPUTED,
-        evidence=f"claimed {fmt(p['seconds'])} s to {p['significant']} significant figure(s); final time from "
-        "the stage configs",
-        data={"seconds": seconds},
-    )
+        seconds, p["seconds"], p["significant"], "final time from the stage configs", {"seconds": seconds})
 
 
 def saving_per_epoch(claim, ctx) -> Finding:
