@@ -9,22 +9,20 @@ import functools
 
 from .common import NO, PARTLY, TEXT, YES, Finding, fmt
 
-try:  # repro.config is moving the stage order to the `extends` chain
-    from repro.config import STAGE_ORDER as STAGES
-except ImportError:
-    STAGES = ("baseline", "simplified", "preprocessed", "bulk_rng", "final")
+from repro.config import load_ladders, load_stage
+from repro.ladder import ladder_rows
 
-BEN_JOHNSON_SECONDS = 341  # his DAWNBench entry, the number the blog starts from
+STAGES = tuple(load_ladders()["post1"])
 
 
 @functools.lru_cache(maxsize=1)
 def blog_seconds() -> dict[str, float]:
-    """Post 1's time per stage, read from the stage configs (one source of truth), plus Ben Johnson's entry."""
-    from repro.config import load_stage
+    """Post 1's time per stage and Ben Johnson's entry, read from the stage configs (one source of truth)."""
+    return {"ben_johnson": load_stage(STAGES[0]).source.entry_seconds,
+            **{s: load_stage(s).source.seconds for s in STAGES}}
 
-    return {"ben_johnson": BEN_JOHNSON_SECONDS, **{s: load_stage(s).blog.seconds for s in STAGES}}
 
-BLOG_ACCURACY = 0.94
+BLOG_ACCURACY = load_stage(STAGES[0]).source.accuracy  # the 94% every post-1 stage aims at
 PRESET_PREFERENCE = ("full", "cpu", "smoke")
 RUN_COMMAND = "python -m repro.resnet --stage all --preset cpu --data ../shared/data/cifar10-jpeg.tar.gz"
 
@@ -68,9 +66,10 @@ def best_ladder(records) -> dict[str, dict] | None:
 
 def describe_ladder(ladder) -> str:
     base = ladder["baseline"]
-    times = "/".join(fmt(ladder[s]["total_seconds"], 3) for s in STAGES)
-    ratios = "/".join(f"{ladder[s]['total_seconds'] / base['total_seconds']:.3f}" for s in STAGES)
-    blog = "/".join(f"{blog_seconds()[s] / blog_seconds()['baseline']:.3f}" for s in STAGES)
+    rows = ladder_rows([ladder[s] for s in STAGES])
+    times = "/".join(fmt(r.seconds[0], 3) for r in rows)
+    ratios = "/".join(f"{r.ratio:.3f}" for r in rows)
+    blog = "/".join(f"{r.source_ratio:.3f}" for r in rows)
     acc = ladder["final"].get("test_accuracy")
     hw = base.get("hardware") or {}
     return (f"measured {times} s (ratio to baseline {ratios}; blog {blog}), final acc "
