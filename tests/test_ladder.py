@@ -1,0 +1,85 @@
+"""Records -> ladder rows, the --list view, and every stage of the chain end to end on the smoke preset."""
+
+import math
+
+import pytest
+from scipy import stats
+
+from repro import resnet
+from repro.config import available_stages, load_stage
+from repro.ladder import ladder_rows, markdown_table, measured_seconds
+from repro.runlog import read_records
+
+
+def _record(stage, seconds, accuracy, **extra):
+    return {"stage": stage, "status": "ok", "total_seconds": seconds, "test_accuracy": accuracy,
+            "epochs": [{"seconds": seconds / 2}, {"seconds": seconds / 2}], **extra}
+
+
+def test_rows_ratios_source_numbers_and_welch():
+    records = [_record("final", t, a) for t, a in ((300, 0.93), (320, 0.94), (310, 0.935))]
+    records += [_record("batch512", t, a) for t, a in ((200, 0.92), (230, 0.925), (215, 0.93))]
+    rows = ladder_rows(records, target=0.93)
+    assert [r.stage for r in rows] == ["final", "batch512"]  # ladder order, not log order
+    final, batch = rows
+    assert final.ratio == 1.0 and batch.ratio == pytest.approx(215 / 310)
+    assert (final.source_seconds, batch.source_seconds) == (297, 256)  # from the stage files
+    assert batch.source_ratio == pytest.approx(256 / 297)
+    assert (final.reached, batch.reached) == (3, 1)  # >= the target counts
+    # Welch's t-test written out: t = (m1 - m2) / sqrt(s1²/n1 + s2²/n2), Welch-Satterthwaite df
+    a, b = [300, 320, 310], [200, 230, 215]
+    va, vb = 100.0, 225.0  # sample variances
+    t = (310 - 215) / math.sqrt(va / 3 + vb / 3)
+    df = (va / 3 + vb / 3) ** 2 / ((va / 3) ** 2 / 2 + (vb / 3) ** 2 / 2)
+    assert batch.p_time == pytest.approx(2 * stats.t.sf(t, df))
+    assert final.p_time is None  # nothing above the first stage
+    # one-sided test of the mean accuracy against the target (mean 0.935 > 0.93, n = 3)
+    t1 = (0.935 - 0.93) / (0.005 / math.sqrt(3))
+    assert final.p_target == pytest.approx(stats.t.sf(t1, 2))
+    table = "\n".join(markdown_table(records, 0.93))
+    assert "| final | 3 | 310.0 ± 10.0 | blog | 155.0 ± 5.0 | 93.50 ± 0.50% |" in table
+
+
+def test_each_stage_is_timed_on_its_sources_clock():
+    clocks = {"blog": 100.0, "dawnbench": 60.0, "airbench": 70.0}
+    rec = _record("tta", 120.0, 0.9, seconds_by_timing=clocks)
+    assert load_stage("tta").source.timing == "dawnbench"
+    (row,) = ladder_rows([rec])
+    assert row.seconds == [60.0] and row.total_seconds == [120.0]
+    assert measured_seconds(rec, "airbench") == 70.0
+    assert measured_seconds(_record("final", 50.0, 0.9)) == 50.0  # an old record: its total
+
+
+def test_list_shows_every_stage_with_its_source(capsys):
+    assert resnet.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in available_stages():
+        assert name in out
+    assert "3.83" in out and "94.01%" in out and "airbench (A100)" in out
+    assert "bag_of_tricks = resnet9 … tta" in out
+
+
+@pytest.mark.slow
+def test_every_stage_after_post1_runs_on_smoke(tmp_path, capsys):
+    """Post 1's stages run in test_resnet_cli; here the other sixteen, one epoch each."""
+    args = ["--stage", "batch512:airbench94", "--preset", "smoke", "--data", "synthetic", "--epochs", "1",
+            "--quiet", "--precision", "fp32", "--log-dir", str(tmp_path)]
+    assert resnet.main(args) == 0
+    recs = read_records(tmp_path)
+    order = available_stages()
+    assert [r["stage"] for r in recs] == order[order.index("batch512"):]
+    for r in recs:
+        stage = load_stage(r["stage"])
+        assert r["status"] == "ok" and r["steps"] >= 1 and r["train_flops"] > 0
+        clocks = r["seconds_by_timing"]
+        assert clocks["dawnbench"] <= clocks["airbench"] <= clocks["blog"] == pytest.approx(r["total_seconds"])
+        hit = [e["epoch"] for e in r["epochs"] if e["test_accuracy"] >= r["target_accuracy"]]
+        assert r["target_epoch"] == (hit[0] if hit else None)
+        if stage.evaluation.tta != "none":
+            assert r["test_accuracy_no_tta"] == r["epochs"][-1]["test_accuracy"]
+            assert r["phases"]["final_evaluation"] > 0
+        else:
+            assert "test_accuracy_no_tta" not in r and r["phases"]["final_evaluation"] == 0
+        assert r["whitening"] == (stage.net.get("whitening", False) or stage.net["arch"] == "airbench94")
+    out = capsys.readouterr().out
+    assert "airbench94" in out and "3.83" in out
