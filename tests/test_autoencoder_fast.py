@@ -159,6 +159,11 @@ def test_report_prints_lambda_and_values_with_sensible_precision():
     assert "| B angle | 8.123e-15 | — | <= 1e-08 rad | PASS |" in text  # a bound has no predicted value
     assert "| B gram | 0.001 | 0.001 |" in text and "2 pass, 0 fail, 0 info, 3.2 s" in text
     assert fmt_value(0) == "0" and fmt_value(None) == "—" and fmt_value("> 1e-3") == "> 1e-3"
+    # check names with |.| stay inside their markdown cell
+    record["checks"] = [{"name": "A: |grad W1|", "measured": 1e-16, "predicted": 0.0, "tolerance": "<= 1e-12",
+                         "verdict": "PASS"}]
+    row = markdown_sections([record])[-2]
+    assert row == "| A: \\|grad W1\\| | 1e-16 | 0 | <= 1e-12 | PASS |" and row.replace("\\|", "").count("|") == 6
 
 
 def test_zero_lam_prediction_takes_out_the_null_directions():

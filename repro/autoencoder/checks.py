@@ -193,7 +193,12 @@ def stop_tolerances(s: np.ndarray, k: int, lam: float, dtype) -> tuple[float, fl
 class SweepPlan:
     lam: float
     config: TrainConfig
-    estimate: int  # expected steps
+    estimate: int  # steps the run needs
+
+    @property
+    def steps(self) -> int:
+        """What will run: all of a fixed step count, else up to convergence within the cap."""
+        return self.config.steps if self.config.grad_tol is None else min(self.estimate, self.config.steps)
 
 
 def plan_sweep_point(X, s, k, lam, settings: Settings, B: float, lr_gd: float, D0: float) -> SweepPlan:
@@ -210,7 +215,7 @@ def plan_sweep_point(X, s, k, lam, settings: Settings, B: float, lr_gd: float, D
         needed = max(balance_steps(lr, wd, efolds, singular_C), subspace_steps(X, s, k, lr, 10**12))
         steps = settings.steps or min(needed, cap)
         objective = "rows" if settings.optimizer == "gd" else "auto"
-        return SweepPlan(lam, TrainConfig(lr=lr, steps=steps, objective=objective, **common), settings.steps or needed)
+        return SweepPlan(lam, TrainConfig(lr=lr, steps=steps, objective=objective, **common), needed)
     lr, beta = sweep_optimizer(s, k, lam, m, B, settings.lr)
     grad_tol, balance_tol = stop_tolerances(s, k, lam, settings.dtype)
     rate = 1.0 - math.sqrt(beta) if beta > 0 else lr / m * theory.smallest_curvature(s, k, lam)
@@ -219,7 +224,7 @@ def plan_sweep_point(X, s, k, lam, settings: Settings, B: float, lr_gd: float, D
     cfg = TrainConfig(lr=lr, steps=settings.steps or cap, momentum=beta, restart=True,
                       grad_tol=None if fixed else grad_tol, balance_tol=balance_tol,
                       patience=math.ceil(3 * math.log(10) / rate), **common)
-    return SweepPlan(lam, cfg, settings.steps or estimate)
+    return SweepPlan(lam, cfg, estimate)
 
 
 def _train(X, cfg: TrainConfig, settings: Settings, s, label: str, estimate: int, report: Report, bars) -> TrainResult:
@@ -289,14 +294,14 @@ def closed_form_checks(lam: float, W1: np.ndarray, W2: np.ndarray, s: np.ndarray
 def run_sweep_point(X, s, k, plan: SweepPlan, settings: Settings, report: Report, bars=_no_bar) -> SweepPoint:
     lam, cfg = plan.lam, plan.config
     label = f"lam/s_k={lam / s[k - 1]:.3g}"
-    result = _train(X, cfg, settings, s, label, plan.estimate, report, bars)
+    result = _train(X, cfg, settings, s, label, plan.steps, report, bars)
     if cfg.grad_tol is not None and not result.converged:
         report.notes.append(
             f"{label}: not converged within the {cfg.steps}-step cap (||grad L|| = {result.grad_norm:.3g} vs "
             f"{cfg.grad_tol:.3g}, ||D|| = {result.balance_norm:.3g} vs {cfg.balance_tol:.3g}); raise --max-steps")
     elif cfg.grad_tol is None and plan.estimate > cfg.steps:
-        report.notes.append(f"{label}: the balance mode needs ~{plan.estimate} steps at lr={cfg.lr:.3g}; capped at "
-                            f"{cfg.steps} (raise --steps/--max-steps), so the tight checks may FAIL")
+        report.notes.append(f"{label}: needs ~{plan.estimate} steps at lr={cfg.lr:.3g}, momentum {cfg.momentum:.3g}; "
+                            f"ran {cfg.steps} (--steps/--max-steps), so the tight checks may FAIL")
     return SweepPoint(lam, cfg.weight_decay(X.shape[0]), result.steps, result,
                       np.linalg.svd(result.W2, compute_uv=False), theory.predicted_singular_values(s, k, lam))
 
@@ -473,9 +478,10 @@ def minibatch_checks(X, s, k, lam, settings: Settings, lr: float, full_batch: Sw
 
 def plan_message(plans, s, k, zero_lam_steps: int, minibatch_steps: int, sweep_cost: float, sgd_cost: float) -> str:
     """What is about to run and about how long it takes, from a measured cost per step."""
-    parts = [f"lam/s_k={p.lam / s[k - 1]:.3g}: ~{p.estimate} steps (lr {p.config.lr:.3g}, momentum "
-             f"{p.config.momentum:.4g})" for p in plans]
-    total = sum(min(p.estimate, p.config.steps) for p in plans) * sweep_cost
+    parts = [f"lam/s_k={p.lam / s[k - 1]:.3g}: ~{p.steps} steps"
+             + (f" of ~{p.estimate} needed" if p.config.steps < p.estimate else "")
+             + f" (lr {p.config.lr:.3g}, momentum {p.config.momentum:.4g})" for p in plans]
+    total = sum(p.steps for p in plans) * sweep_cost
     total += zero_lam_steps * sweep_cost + minibatch_steps * sgd_cost
     return (f"plan: {'; '.join(parts)}; lam=0 controls {zero_lam_steps} steps; minibatch {minibatch_steps} "
             f"steps. Estimated {total:.0f} s ({1e3 * sweep_cost:.2f} ms/full-batch step, "

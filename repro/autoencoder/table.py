@@ -37,7 +37,8 @@ def markdown_sections(records) -> list[str]:
                 + (f", {seconds:.1f} s" if isinstance(seconds, (int, float)) else "") + ".", "",
                 "| check | measured | predicted | tolerance | verdict |", "|---|---|---|---|---|"]
         for c in checks:
-            out.append(f"| {c.get('name')} | {fmt_value(c.get('measured'))} | {fmt_value(c.get('predicted'))} | "
-                       f"{c.get('tolerance')} | {c.get('verdict')} |")
+            cells = (c.get("name"), fmt_value(c.get("measured")), fmt_value(c.get("predicted")), c.get("tolerance"),
+                     c.get("verdict"))
+            out.append("| " + " | ".join(str(v).replace("|", "\\|") for v in cells) + " |")
         out.append("")
     return out
