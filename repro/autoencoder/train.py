@@ -133,8 +133,9 @@ class TrainConfig:
     restart: bool = False  # zero the momentum buffer whenever grad . buffer < 0 (adaptive restart)
     objective: str = "auto"  # see OBJECTIVES
     # Stop early once ||grad L_lam||_F <= grad_tol and ||W1W1^T - W2^TW2||_F <= balance_tol (checked
-    # every check_every steps), or once the balance is under tolerance and the gradient has not
-    # improved 10-fold in `patience` steps (its rounding floor). None: run all `steps`.
+    # every check_every steps), or once the balance is under tolerance (in float32: whatever it is)
+    # and the gradient has not improved 10-fold in `patience` steps (its rounding floor). None: run
+    # all `steps`.
     grad_tol: float | None = None
     balance_tol: float = float("inf")
     patience: int = 2000
@@ -238,9 +239,10 @@ class StepMonitor:
         if self.grad_norm < 0.1 * self.best_grad:
             self.best_grad, self.best_step = self.grad_norm, step
         balanced = self.balance_norm <= self.cfg.balance_tol
+        stalled = step - self.best_step >= self.cfg.patience
         if balanced and self.grad_norm <= self.cfg.grad_tol:
             self.stop_reason = "converged"
-        elif balanced and step - self.best_step >= self.cfg.patience:
+        elif stalled and (balanced or self.cfg.dtype != torch.float64):  # float32: D has a rounding floor too
             self.stop_reason = "floor"
 
     def _diverged(self, step: int):
