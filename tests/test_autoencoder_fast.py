@@ -1,6 +1,8 @@
 """The fast default: the full-batch objective through C = XX^T/n, heavy-ball momentum with
 adaptive restart, stop on convergence -- same iterates / same minimiser as the plain path."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +119,10 @@ def test_default_run_m64_k8_passes_all_three_ratios(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "plan: lam/s_k=0.001: ~" in out and "Estimated" in out  # printed before the work
+    assert out.index("plan: ") < out.index("━")
+    bars = {line.split("━")[0].strip(): line for line in out.splitlines() if "━" in line and " steps " in line}
+    assert set(bars) == {"lam/s_k=0.001", "lam/s_k=0.01", "lam/s_k=0.1", "lam=0, default init",
+                         "lam=0, init N(0,0.001^2)", "minibatch b=50"}  # one progress bar per run
     (record,) = read_records(tmp_path, "autoencoder")
     assert not record["notes"], record["notes"]
     s_k = record["spectrum_top"][7]
@@ -128,6 +134,8 @@ def test_default_run_m64_k8_passes_all_three_ratios(tmp_path, capsys):
     assert [c for c in record["checks"] if c["verdict"] == "FAIL"] == []
     sweep = [r for r in record["runs"] if r["run"].startswith("lam/s_k")]
     assert len(sweep) == 3
+    for run in sweep:  # each bar ends at the step its run stopped at
+        assert re.search(rf" {run['steps']}/{run['steps']} +steps", bars[run["run"]])
     for run in sweep:  # what optimised it is on record
         assert run["stop"] == "converged" and run["optimizer"] == "SGD" and run["objective"] == "covariance"
         assert 0 < run["momentum"] < 1 and run["adaptive_restart"]
