@@ -186,7 +186,7 @@ def stop_tolerances(s: np.ndarray, k: int, lam: float, dtype) -> tuple[float, fl
     ||W1W1^T - W2^TW2||_F likewise. In float32 the gradient's rounding floor stops the run first."""
     effect = min(1.0, lam / s[k - 1])
     weight_tol = min(1e-5 * effect, 1e-10) if dtype == torch.float64 else 1e-7
-    return theory.smallest_curvature(s, k, lam) * weight_tol, max(1e-5 * effect, _dtype_floor(dtype))
+    return theory.smallest_curvature(s, k, lam) * weight_tol, max(1e-5 * effect, _dtype_floor(dtype, s, k, lam))
 
 
 @dataclass
@@ -240,8 +240,14 @@ def _train(X, cfg: TrainConfig, settings: Settings, s, label: str, estimate: int
 # --------------------------------------------------------------------------- claim B
 
 
-def _dtype_floor(dtype) -> float:
-    return 0.0 if dtype == torch.float64 else 3e-5
+def _dtype_floor(dtype, s: np.ndarray | None = None, k: int = 0, lam: float = 0.0) -> float:
+    """The weights' rounding floor below float64: 3e-5, or the float32 gradient's rounding eps * s_1
+    divided by the smallest curvature (~4 lam), which is larger for small lam: ~8e-5 on digits at
+    lam/s_k = 1e-3, where float32 runs stall at sigma errors of ~4e-5."""
+    if dtype == torch.float64:
+        return 0.0
+    curvature = theory.smallest_curvature(s, k, lam) if s is not None and 0 < lam < s[k - 1] else np.inf
+    return max(3e-5, float(torch.finfo(dtype).eps) * s[0] / curvature if s is not None else 0.0)
 
 
 def claim_b_checks(point: SweepPoint, s: np.ndarray, U: np.ndarray, k: int, X: np.ndarray,
@@ -253,7 +259,7 @@ def closed_form_checks(lam: float, W1: np.ndarray, W2: np.ndarray, s: np.ndarray
                        X: np.ndarray, dtype) -> list[Check]:
     """Claim B for trained weights against the closed form at this lam."""
     effect = min(1.0, lam / s[k - 1])  # = ||W2^T W2 - I||_2 at the optimum
-    floor = _dtype_floor(dtype)
+    floor = _dtype_floor(dtype, s, k, lam)
     tag = f"B lam/s_k={lam / s[k - 1]:.3g}:"
     checks = []
 
