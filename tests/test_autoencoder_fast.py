@@ -91,6 +91,7 @@ def test_lightning_gives_the_same_numbers_with_momentum_and_stop(wide, tmp_path)
     ([3.0, 2.5, 2.0, 1.9, 0.5, 0.01], 3, 0.02, "eigengap block"),
     ([3.0, 2.5, 2.0, 1.9, 0.5, 0.01], 3, 0.6, "eigengap block"),
     ([1.0, 0.8, 0.6, 0.5, 0.3, 0.2, 0.1], 2, 0.006, "balance mode 4 lam"),
+    ([3.0, 2.5, 2.0, 1.0, 0.5, 0.01], 3, 1.95, "gain mode 4 (s_k - lam)"),
 ])
 def test_smallest_curvature_matches_the_numerical_hessian(spec, k, lam, limit):
     m = len(spec)
@@ -110,6 +111,7 @@ def test_smallest_curvature_matches_the_numerical_hessian(spec, k, lam, limit):
     smallest = theory.smallest_curvature(s, k, lam)
     assert smallest == pytest.approx(ev[ev > 1e-9].min(), rel=1e-9)
     assert (smallest == pytest.approx(4 * lam)) == (limit == "balance mode 4 lam")
+    assert (smallest == pytest.approx(4 * (s[k - 1] - lam))) == (limit == "gain mode 4 (s_k - lam)")
 
 
 def test_default_run_m64_k8_passes_all_three_ratios(tmp_path, capsys):

@@ -223,7 +223,7 @@ def plan_sweep_point(X, s, k, lam, settings: Settings, B: float, lr_gd: float, D
     fixed = settings.steps is not None
     cfg = TrainConfig(lr=lr, steps=settings.steps or cap, momentum=beta, restart=True,
                       grad_tol=None if fixed else grad_tol, balance_tol=balance_tol,
-                      patience=math.ceil(3 * math.log(10) / rate), **common)
+                      patience=math.ceil(10 * math.log(10) / rate), **common)
     return SweepPlan(lam, cfg, estimate)
 
 

@@ -181,10 +181,11 @@ def smallest_curvature(s, k: int, lam: float) -> float:
     W1 - W2^T); the k(k-1)/2 rotations are flat (zero); and for every i <= k < j the pair
     (W1_ij, W2_ji) has the 2 x 2 block 2 [[d_i^2 s_j + lam, -s_j], [-s_j, s_i]], whose smaller
     eigenvalue is ~2 lam for a direction with s_j ~ 0 and shrinks with the eigengap s_k - s_{k+1}.
+    So the minimum is 4 lam, 4 (s_k - lam) (lam close to s_k) or a tail block.
     """
     s = _as64(s)
     top, tail = s[:k], s[k:]
     a = (1.0 - lam / top)[:, None] * tail[None, :] + lam
     c = top[:, None]
     block_min = (a + c) - np.sqrt((a - c) ** 2 + 4 * tail[None, :] ** 2)  # = 2 (mean - radius)
-    return float(min(4.0 * lam, block_min.min(initial=np.inf)))
+    return float(min(4.0 * lam, 4.0 * (top[-1] - lam), block_min.min(initial=np.inf)))
