@@ -26,6 +26,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -51,7 +52,7 @@ class ReachedClosedForm:
         t0 = time.perf_counter()
         lam, s, U, k, X = self.args
         W1, W2 = model.weights()
-        passed = all(c.verdict == "PASS" for c in checks.closed_form_checks(lam, W1, W2, s, U, k, X, np.float64))
+        passed = all(c.verdict == "PASS" for c in checks.closed_form_checks(lam, W1, W2, s, U, k, X, torch.float64))
         if passed:
             self.reached_at = step
         self.own_seconds += time.perf_counter() - t0
