@@ -71,6 +71,10 @@ def test_momentum_reaches_the_closed_form_far_sooner_than_plain_gd(wide):
     assert theory.loss(wide, result.W1, result.W2, lam) - theory.optimal_loss(s, k, lam) < 1e-12
     # Plain GD at its own (larger, 0.9-of-stable) lr needs ~1/(2 lr wd) steps per e-fold of the balance
     # mode; critically damped heavy ball ~sqrt(h_max/h_min) times fewer (~50 here).
+    passed = checks.closed_form_checks(lam, result.W1, result.W2, s, U, k, wide, torch.float64)
+    assert [c.verdict for c in passed] == ["PASS"] * 5
+    with pytest.raises(TypeError, match="torch dtype"):  # not silently the float32 tolerances
+        checks.closed_form_checks(lam, result.W1, result.W2, s, U, k, wide, np.float64)
     gd_steps = checks.balance_steps(lr_gd, theory.weight_decay_for(lam, 64), np.log(D0 / 1e-8), singular_C=False)
     assert result.steps * 10 < gd_steps
 

@@ -257,7 +257,10 @@ def claim_b_checks(point: SweepPoint, s: np.ndarray, U: np.ndarray, k: int, X: n
 
 def closed_form_checks(lam: float, W1: np.ndarray, W2: np.ndarray, s: np.ndarray, U: np.ndarray, k: int,
                        X: np.ndarray, dtype) -> list[Check]:
-    """Claim B for trained weights against the closed form at this lam."""
+    """Claim B for trained weights against the closed form at this lam; ``dtype`` (a torch dtype)
+    is what they were trained in and sets the rounding floors."""
+    if not isinstance(dtype, torch.dtype):  # np.float64 would fall through to the float32 tolerances
+        raise TypeError(f"dtype must be a torch dtype, got {dtype!r}")
     effect = min(1.0, lam / s[k - 1])  # = ||W2^T W2 - I||_2 at the optimum
     floor = _dtype_floor(dtype, s, k, lam)
     tag = f"B lam/s_k={lam / s[k - 1]:.3g}:"
