@@ -90,17 +90,25 @@ class Precision:
 class PhaseTimer:
     """Accumulates wall time per named phase.
 
-    On CUDA the clock is read only after ``torch.cuda.synchronize()``: kernels run
-    asynchronously, so without it time would land in whichever phase next waits on the GPU.
+    ``sync_phases`` (the ``sync`` timing mode): on CUDA the clock is read only after
+    ``torch.cuda.synchronize()``, so asynchronous kernels are charged to the phase that launched
+    them, at the price of serialising the loader with the GPU, the overlap post 1 is about.
+    Without it (the ``deferred`` mode) only ``now(sync=True)`` synchronises: once per epoch, so
+    epoch and total times are true and per-step phases are host launch times. ``sync_points``
+    counts the synchronisations a CUDA device would make (on a CPU they are free).
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, sync_phases: bool = True):
         self._sync = torch.cuda.synchronize if device.type == "cuda" else None
+        self.sync_phases = sync_phases
+        self.sync_points = 0
         self.totals: dict[str, float] = defaultdict(float)
 
-    def now(self) -> float:
-        if self._sync:
-            self._sync()
+    def now(self, sync: bool | None = None) -> float:
+        if self.sync_phases if sync is None else sync:
+            self.sync_points += 1
+            if self._sync:
+                self._sync()
         return time.perf_counter()
 
     @contextlib.contextmanager

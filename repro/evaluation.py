@@ -39,13 +39,15 @@ def evaluate(net: nn.Module, batches, *, to_device, autocast, tta: str = "none")
     """(mean cross-entropy, accuracy) over ``batches``; ``to_device`` moves one (x, y) batch."""
     was_training = net.training
     net.eval()
-    correct, loss_sum, count = 0, 0.0, 0
+    loss_sum, correct, count = 0.0, 0, 0  # tensors after the first batch: one host read at the end
     for x, y in batches:
         x, y = to_device(x, y)
         with autocast():
             logits = tta_logits(net, x, tta)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum")
+        correct = correct + (logits.argmax(1) == y).sum()
         count += len(y)
     net.train(was_training)
+    loss_sum, correct = torch.stack([torch.as_tensor(loss_sum, dtype=torch.float64),
+                                     torch.as_tensor(correct, dtype=torch.float64)]).tolist()
     return loss_sum / count, correct / count

@@ -54,6 +54,10 @@ def parse_args(argv):
                    help="train every stage this many epochs (default: the stage's own epochs x the preset's scale)")
     p.add_argument("--runs", type=int, default=1, help="runs per stage, seeds s, s+1, ... (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--phase-timing", default="auto", choices=("auto", "sync", "deferred"),
+                   help="sync: time every phase (on CUDA a synchronisation per phase, which removes the "
+                        "loader/GPU overlap); deferred: statistics stay on the device, one synchronisation per "
+                        "epoch; auto = deferred on CUDA, sync on a CPU (where both measure the same)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice, one per core); on a machine other "
                         "work is loading, 1 can be several times faster than 2")
@@ -80,6 +84,11 @@ def choose_preset(requested: str, device: torch.device) -> tuple[str, str]:
                        "--preset full runs the sources' sizes, which take hours on a CPU for the early stages")
     load_preset(requested)  # an unknown name is a one-line error listing the real presets
     return requested, "requested"
+
+
+def phase_timing_for(args, device: torch.device) -> str:
+    mode = getattr(args, "phase_timing", "auto")
+    return ("deferred" if device.type == "cuda" else "sync") if mode == "auto" else mode
 
 
 def select_stages(args) -> list[str]:
@@ -161,7 +170,7 @@ def run_one(stage: StageConfig, preset: Preset, data: CifarArrays, *, device, pr
         with bar:
             train_stage(stage, preset, data, device=device, precision=precision, channels_last=channels_last,
                         seed=seed, progress=progress, on_step=lambda n: bar.update(task, completed=n),
-                        on_epoch=on_epoch)
+                        on_epoch=on_epoch, phase_timing=phase_timing_for(args, device))
         status = "ok"
     except NonFiniteLoss as exc:
         error = str(exc)

@@ -31,6 +31,9 @@ TIMINGS = {
 }
 
 
+TIMING_MODES = ("sync", "deferred")
+
+
 class NonFiniteLoss(RuntimeError):
     def __init__(self, step: int, epoch: int, value: float):
         super().__init__(f"loss became {value} at step {step} (epoch {epoch})")
@@ -127,6 +130,43 @@ def count_train_flops(net: nn.Module, opt: OptimizerSection, batch_size: int, de
     return int(counter.get_total_flops())
 
 
+class EpochStats:
+    """An epoch's training loss, correct count and first non-finite step, kept on the device.
+
+    Nothing here reads a value back to the host: ``read`` does, once per epoch (cifar10-fast's
+    way), unless the caller asks for ``first_bad_step`` after every step (the sync mode)."""
+
+    def __init__(self, device: torch.device):
+        self.losses: list[torch.Tensor] = []
+        self.sizes: list[int] = []
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.seen = 0
+
+    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """``loss``: this step's mean loss per example (a 0-d tensor); ``step``: the run's step index."""
+        loss = loss.detach().float()
+        self.losses.append(loss)
+        self.sizes.append(len(labels))
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.seen += len(labels)
+        bad = ~torch.isfinite(loss)
+        self.first_bad = torch.where((self.first_bad < 0) & bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def first_bad_step(self) -> int | None:
+        step = int(self.first_bad.item())
+        return None if step < 0 else step
+
+    def read(self) -> tuple[list[float], int, int | None]:
+        """(per-step losses, correct count, first non-finite step or None): one host read."""
+        if not self.losses:
+            return [], 0, None
+        values = torch.cat([torch.stack(self.losses).double(), self.correct.double().view(1),
+                            self.first_bad.double().view(1)]).tolist()
+        bad = int(values[-1])
+        return values[:-2], int(values[-2]), None if bad < 0 else bad
+
+
 def _to_device(x, y, device, channels_last):
     x = x.to(device, non_blocking=True)
     if channels_last:
@@ -179,11 +219,20 @@ def train_stage(
     progress: RunProgress,
     on_step: Callable[[int], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    phase_timing: str = "sync",
 ) -> RunProgress:
+    """``phase_timing``: ``sync`` times every phase (on CUDA a synchronisation per phase, which
+    serialises loader and GPU) and checks each step's loss at once; ``deferred`` keeps the step
+    statistics on the device and synchronises once per epoch (see ``PhaseTimer``)."""
+    if phase_timing not in TIMING_MODES:
+        raise ValueError(f"phase_timing must be one of {TIMING_MODES}, not {phase_timing!r}")
     torch.manual_seed(seed)
     opt_cfg = stage.optimizer
     amp = Precision(device, precision)
-    timer = PhaseTimer(device)
+    timer = PhaseTimer(device, sync_phases=phase_timing == "sync")
+    progress.summary["phase_timing"] = phase_timing + (
+        " (per-phase seconds of a CUDA run serialise the loader with the GPU)" if phase_timing == "sync"
+        else " (one synchronisation per epoch; per-phase seconds on CUDA are host launch times)")
     net = build_stage_net(stage, preset).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -219,9 +268,9 @@ def train_stage(
                 bias.requires_grad_(False)  # SGD skips a parameter without a gradient
         before = timer.snapshot()
         rng_calls_before = train.rng_calls
-        epoch_start = timer.now()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step, (x, y) in enumerate(_timed(train, timer, device, channels_last)):
+        epoch_start = timer.now(sync=True)
+        stats = EpochStats(device)
+        for x, y in _timed(train, timer, device, channels_last):
             lr = stage.schedule.lr_at(progress.steps_done / steps_per_epoch, epochs)
             set_lr(optimizer, lr)
             with timer.phase("forward_backward"):
@@ -229,33 +278,35 @@ def train_stage(
                     logits = net(x)
                     loss = loss_fn(logits, y, opt_cfg)
                 amp.backward(loss)
-            loss_value = loss.item() / (len(y) if opt_cfg.loss_reduction == "sum" else 1)
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(progress.steps_done, epoch + 1, loss_value)
+            stats.add(progress.steps_done, loss / len(y) if opt_cfg.loss_reduction == "sum" else loss, logits, y)
+            if phase_timing == "sync" and stats.first_bad_step() is not None:
+                raise NonFiniteLoss(progress.steps_done, epoch + 1, stats.losses[-1].item())
             with timer.phase("optimizer_step"):
                 amp.step(optimizer)
                 optimizer.zero_grad(set_to_none=True)
                 progress.steps_done += 1
                 if average:
                     average.after_step(progress.steps_done)
-            progress.step_losses.append(loss_value)
-            loss_sum += loss_value * len(y)
-            correct += (logits.detach().argmax(1) == y).sum().item()
-            seen += len(y)
             if on_step:
                 on_step(progress.steps_done)
             if progress.steps_done >= steps_total:
                 break
+        losses, correct, bad_step = stats.read()
+        progress.step_losses += losses
+        if bad_step is not None:
+            raise NonFiniteLoss(bad_step, epoch + 1, losses[bad_step - (progress.steps_done - len(losses))])
+        seen = stats.seen
+        train_loss = sum(l * n for l, n in zip(losses, stats.sizes)) / max(seen, 1)
         with timer.phase("evaluation"):
             evaluated = average.model_to_evaluate() if average else net
             test_loss, test_acc = evaluate(evaluated, test, to_device=to_device, autocast=amp.autocast)
-        seconds = timer.now() - epoch_start
+        seconds = timer.now(sync=True) - epoch_start
         after = timer.snapshot()
         progress.total_seconds = sum(after.values())
         row = {
             "epoch": epoch + 1,
             "lr": lr,
-            "train_loss": loss_sum / max(seen, 1),
+            "train_loss": train_loss,
             "train_accuracy": correct / max(seen, 1),
             "test_loss": test_loss,
             "test_accuracy": test_acc,

@@ -1,0 +1,100 @@
+"""The two timing modes: 'sync' times every phase; 'deferred' reads the device once per epoch.
+
+On a CPU a synchronisation costs nothing, so the modes are compared by counting: the timer's
+synchronisation points (what ``torch.cuda.synchronize`` would be called for on CUDA) and the
+host reads of tensor values (``Tensor.item`` / ``Tensor.tolist``), per training step.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from repro.config import load_preset, load_stage
+from repro.data import make_synthetic
+from repro.devices import PhaseTimer
+from repro.train import NonFiniteLoss, RunProgress, train_stage
+
+DATA = make_synthetic(256, 64, seed=0)
+
+
+def _counting(monkeypatch) -> dict:
+    """Count host reads (Tensor.item / tolist) and the timer's synchronisation points from now on."""
+    counts = {"reads": 0, "syncs": 0}
+    for name in ("item", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **k):
+            counts["reads"] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    real_now = PhaseTimer.now
+
+    def now(self, sync=None):
+        before = self.sync_points
+        value = real_now(self, sync)
+        counts["syncs"] += self.sync_points - before
+        return value
+
+    monkeypatch.setattr(PhaseTimer, "now", now)
+    return counts
+
+
+def _run(mode, stage="final", epochs=2, batch_size=32):
+    preset = dataclasses.replace(load_preset("smoke"), epochs=epochs, train_images=256, test_images=64)
+    st = dataclasses.replace(load_stage(stage), optimizer=dataclasses.replace(load_stage(stage).optimizer,
+                                                                              batch_size=batch_size))
+    progress = RunProgress()
+    train_stage(st, preset, DATA, device=torch.device("cpu"), precision="fp32", channels_last=False, seed=5,
+                progress=progress, phase_timing=mode)
+    return progress
+
+
+def test_both_modes_train_identically_on_cpu():
+    sync = _run("sync")
+    deferred = _run("deferred")
+    assert sync.step_losses == deferred.step_losses and len(sync.step_losses) == 16
+    assert [e["test_accuracy"] for e in sync.epochs] == [e["test_accuracy"] for e in deferred.epochs]
+    assert [e["train_loss"] for e in sync.epochs] == pytest.approx([e["train_loss"] for e in deferred.epochs])
+    assert "serialise" in sync.summary["phase_timing"] and "one synchronisation per epoch" in deferred.summary["phase_timing"]
+
+
+def _per_step(mode, monkeypatch):
+    """(syncs, reads) added by each extra training step: the same run with 8 and with 16 steps per epoch."""
+    _run(mode)  # one-time reads (lazy initialisation) happen here, uncounted
+    counts = _counting(monkeypatch)
+    few = _run(mode, batch_size=32)
+    few_counts = dict(counts)
+    counts.update(reads=0, syncs=0)
+    many = _run(mode, batch_size=16)
+    many_counts = dict(counts)
+    extra = many.steps_done - few.steps_done
+    assert (few.steps_done, many.steps_done) == (16, 32)
+    return tuple((many_counts[k] - few_counts[k]) / extra for k in ("syncs", "reads")), many_counts
+
+
+def test_deferred_mode_makes_no_synchronisation_or_host_read_per_step(monkeypatch):
+    (syncs, reads), counts = _per_step("deferred", monkeypatch)
+    assert syncs == 0 and reads == 0
+    assert counts["syncs"] == 2 * 2  # the start and end of each of the 2 epochs
+
+
+def test_sync_mode_synchronises_every_phase_and_reads_every_step(monkeypatch):
+    (syncs, reads), _ = _per_step("sync", monkeypatch)
+    assert syncs >= 6  # data wait, forward+backward, optimiser step: each at its start and end
+    assert reads >= 1  # the loss checked after every step
+
+
+@pytest.mark.parametrize("mode", ["sync", "deferred"])
+def test_first_non_finite_step_is_named_in_both_modes(tmp_path, mode):
+    stage = tmp_path / "explode.toml"
+    stage.write_text('extends = "final"\n[schedule]\nknots = [0, 35]\nlrs = [1e12, 1e12]\n')
+    preset = dataclasses.replace(load_preset("smoke"), epochs=2, train_images=256, test_images=64)
+    failures = []
+    for timing in ("sync", mode):
+        with pytest.raises(NonFiniteLoss) as exc:
+            train_stage(load_stage(str(stage)), preset, DATA, device=torch.device("cpu"), precision="fp32",
+                        channels_last=False, seed=0, progress=RunProgress(), phase_timing=timing)
+        failures.append(exc.value.step)
+    assert failures[0] == failures[1] and failures[0] >= 1  # the same first bad step, read late or at once
