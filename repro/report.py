@@ -108,18 +108,22 @@ def write_plots(records, out_dir: Path) -> tuple[list[Path], str]:
     preset = records[0].get("preset")
     first = statistics.fmean(rows[0].seconds)
     y = list(range(len(rows)))[::-1]  # first stage on top
-    height = 0.4 + 0.32 * len(rows)
-    fig, ax = plt.subplots(figsize=(8, height + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.32 * len(rows)))
     ax.barh([v + 0.2 for v in y], [r.source_ratio or 0 for r in rows], 0.4, label="source (V100; airbench A100)",
             color="#999999")
     errors = [statistics.stdev(r.seconds) / first if r.runs > 1 else 0 for r in rows]
     ax.barh([v - 0.2 for v in y], [r.ratio for r in rows], 0.4, xerr=errors, capsize=2,
             label=f"measured, preset {preset} (± std over runs)", color="#1f77b4")
     ax.set_yticks(y, [r.stage for r in rows])
-    ax.set_xscale("log")
-    ax.set_xlabel("time / first stage's time (log scale)")
+    ratios = [v for r in rows for v in (r.ratio, r.source_ratio) if v]
+    wide = max(ratios) / min(ratios) > 5  # the whole ladder spans 100x: only a log axis shows every bar
+    if wide:
+        ax.set_xscale("log")
+    ax.set_xlabel("time / first stage's time" + (" (log scale)" if wide else ""))
     ax.set_title(f"Ladder: time relative to {rows[0].stage}, each on its source's clock")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / height), ncol=2, frameon=False)
+    # outside the axes, under the x label, so it hides no bar
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45 / (1 + 0.2 * len(rows)) - 0.1), ncol=2, fontsize=8,
+              frameon=False)
     figures = [("stage_ratios.png", fig)]
 
     fig2, ax2 = plt.subplots(figsize=(9, 5))
@@ -132,8 +136,11 @@ def write_plots(records, out_dir: Path) -> tuple[list[Path], str]:
     if target is not None:
         ax2.axhline(100 * target, ls="--", color="grey", label=f"preset target {100 * target:g}%")
         ax2.legend(loc="lower right")
-    ax2.set_xscale("log")
-    ax2.set_xlabel("measured seconds (log scale, each stage on its source's clock)")
+    seconds = [statistics.fmean(r.seconds) for r in rows]
+    wide = max(seconds) / min(seconds) > 5
+    if wide:
+        ax2.set_xscale("log")
+    ax2.set_xlabel("measured seconds (" + ("log scale, " if wide else "") + "each stage on its source's clock)")
     ax2.set_ylabel("test accuracy (%)")
     ax2.set_title(f"Accuracy against time, preset {preset} (error bars: std over runs)")
     key = "\n".join(f"{i:>2} {r.stage} (n={r.runs})" for i, r in enumerate(rows, 1))
