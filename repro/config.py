@@ -162,7 +162,7 @@ _SECTIONS = {"schedule": ScheduleSection, "optimizer": OptimizerSection, "loader
 _NOT_INHERITED = ("source", "description")
 
 _CHOICES = {
-    ("loader", "backend"): ("dataloader", "device"),
+    ("loader", "backend"): ("dataloader", "device", "dali"),
     ("loader", "preprocess"): ("per_sample", "once"),
     ("loader", "rng"): ("per_sample", "bulk"),
     ("loader", "flip"): ("random", "alternating", "none"),

@@ -287,6 +287,12 @@ def make_train_loader(loader, images: np.ndarray, labels: np.ndarray, *, batch_s
         return DeviceBatches(images, labels, batch_size=batch_size, seed=seed, device=device, pad=loader.pad,
                              flip=loader.flip, cutout=loader.cutout, max_groups=loader.max_groups,
                              drop_last=loader.drop_last)
+    if loader.backend == "dali":
+        from repro.dali_loader import DaliBatches  # optional dependency: repro[dali]
+        if loader.cutout:
+            raise ValueError("cutout needs loader.backend = \"device\" or \"dataloader\", not \"dali\"")
+        return DaliBatches(images, labels, batch_size=batch_size, seed=seed, device=device, pad=loader.pad,
+                           flip=loader.flip, drop_last=loader.drop_last)
     if loader.flip == "alternating":
         raise ValueError("alternating flip needs loader.backend = \"device\"")
     return TrainBatches(images, labels, preprocess=loader.preprocess, rng=loader.rng, workers=loader.workers,
