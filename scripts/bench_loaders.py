@@ -61,6 +61,16 @@ def loaders(images, labels, batch_size, seed):
         extras = (f", cutout {lc.cutout}" if lc.cutout else "") + (f", {lc.flip} flip" if lc.flip != "random" else "")
         out[f"{stage} ({mode}{extras})"] = lambda lc=lc: make_train_loader(
             lc, images, labels, batch_size=batch_size, seed=seed, device=torch.device("cpu"))
+    try:
+        import nvidia.dali  # noqa: F401  (optional: pip install 'repro[dali]')
+    except ImportError:
+        pass
+    else:  # the final stage's loader on the DALI backend (a CPU pipeline here: the bench runs on the CPU)
+        import dataclasses
+
+        lc = dataclasses.replace(load_stage("final").loader, backend="dali")
+        out["final, dali backend (CPU pipeline)"] = lambda lc=lc: make_train_loader(
+            lc, images, labels, batch_size=batch_size, seed=seed, device=torch.device("cpu"))
     tv = TorchvisionPerImage(images, labels)
     out["torchvision v2 per image (0w)"] = lambda: torch.utils.data.DataLoader(tv, batch_size=batch_size, shuffle=True)
     return out
