@@ -6,6 +6,8 @@ import sys
 import numpy as np
 import pytest
 
+from repro.errors import Terminated
+
 from repro.autoencoder import __main__ as cli
 from repro.autoencoder import checks
 from repro.autoencoder.data import Dataset
@@ -83,15 +85,28 @@ def test_everything_dead_warns_and_still_reports(tmp_path, capsys):
     assert orth["predicted"] == 1.0 and orth["measured"] == pytest.approx(1.0, abs=1e-2)
 
 
-def test_interrupt_writes_an_interrupted_record(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("signal_exc, code, message", [
+    (KeyboardInterrupt, 130, "interrupted by the user (Ctrl-C)"),
+    (Terminated, 143, "terminated (SIGTERM)"),
+])
+def test_interrupt_writes_an_interrupted_record(tmp_path, capsys, monkeypatch, signal_exc, code, message):
     def interrupted_run(X, settings, progress, partial, bars):
         partial.checks.append(checks.Check("A: something", 0.0, 0.0, "<= 1", "PASS", "test"))
-        raise KeyboardInterrupt
+        raise signal_exc
 
     monkeypatch.setattr(checks, "run", interrupted_run)
-    assert run(tmp_path) == 130
+    assert run(tmp_path) == code
     (record,) = read_records(tmp_path, "autoencoder")
-    assert record["status"] == "interrupted" and len(record["checks"]) == 1
+    assert record["status"] == "interrupted" and len(record["checks"]) == 1 and record["error"] == message
+
+
+def test_bad_log_dir_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(checks, "run", lambda *a, **k: pytest.fail("trained despite an unusable log dir"))
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    assert run(not_a_dir) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a directory" in err and err.count("\n") == 1
 
 
 def test_missing_lightning_names_the_extra(tmp_path, capsys, monkeypatch):

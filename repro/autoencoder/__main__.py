@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError, cli_main
-from ..runlog import append_record, new_record
+from ..errors import UserError, cli_main, interrupt_exit_code, interrupt_message
+from ..runlog import append_record, check_log_dir, new_record
 from . import checks as experiment
 from . import theory
 from .data import DATASETS, load, named_spectrum
@@ -205,6 +205,7 @@ def main(argv=None) -> int:
         X = data.X
         s, U = theory.spectrum(X)
         lams = validate(args, s, data.m)
+        check_log_dir(args.log_dir)  # a bad log dir fails now, not after the training it would lose
         return _run(args, data, s, lams, say)
 
 
@@ -233,12 +234,12 @@ def _run(args, data, s, lams, say) -> int:
     try:
         with progress_bars(args.quiet) as bars:
             experiment.run(X, settings, progress=say, partial=report, bars=bars)
-    except KeyboardInterrupt:
-        record = new_record("autoencoder", status="interrupted", **record_fields,
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (repro.errors.Terminated)
+        record = new_record("autoencoder", status="interrupted", error=interrupt_message(exc), **record_fields,
                             checks=[c.as_record() for c in report.checks])
         append_record(record, args.log_dir)
-        print("interrupted: partial record written", file=sys.stderr)
-        return 130
+        print(f"{interrupt_message(exc)}: partial record written", file=sys.stderr)
+        return interrupt_exit_code(exc)
     seconds = time.perf_counter() - start
 
     for run in report.runs:
