@@ -1,0 +1,112 @@
+"""CUDA checks (``pytest -m gpu``; scripts/gpu_check.sh runs them): skipped on a machine without CUDA."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from repro import resnet
+from repro.config import load_preset, load_stage
+from repro.data import make_synthetic
+from repro.devices import Precision
+from repro.loaders import Crop, FlipLR, normalise_pad_transpose
+from repro.train import RunProgress, _to_device, train_stage
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+CUDA = torch.device("cuda")
+
+
+def _fp16_setup():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(8 * 8 * 8, 10)).to(CUDA)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    x, y = torch.randn(16, 3, 8, 8, device=CUDA), torch.randint(0, 10, (16,), device=CUDA)
+    return net, opt, x, y, Precision(CUDA, "fp16")
+
+
+def test_fp16_scaler_steps_and_skips_an_overflowed_step_on_cuda():
+    net, opt, x, y, amp = _fp16_setup()
+    assert amp.scaler is not None and amp.scaler.is_enabled()
+    before = [p.detach().clone() for p in net.parameters()]
+    scale = amp.scaler.get_scale()
+    with amp.autocast():
+        logits = net(x)
+    assert logits.dtype == torch.float16
+    amp.backward(nn.functional.cross_entropy(logits.float(), y) * float("inf"))
+    amp.step(opt)
+    assert all(torch.equal(b, p.detach()) for b, p in zip(before, net.parameters()))  # skipped
+    assert amp.scaler.get_scale() == scale / 2
+    opt.zero_grad(set_to_none=True)
+    with amp.autocast():
+        loss = nn.functional.cross_entropy(net(x).float(), y)
+    amp.backward(loss)
+    amp.step(opt)
+    assert not all(torch.equal(b, p.detach()) for b, p in zip(before, net.parameters()))
+
+
+def _train(phase_timing):
+    progress = RunProgress()
+    train_stage(load_stage("final"), load_preset("smoke"), make_synthetic(512, 256, seed=0), device=CUDA,
+                precision="fp32", channels_last=False, seed=0, progress=progress, phase_timing=phase_timing)
+    return progress
+
+
+def test_deferred_and_sync_timing_give_the_same_run_on_cuda():
+    deferred, sync = _train("deferred"), _train("sync")
+    assert deferred.summary["phase_timing"].startswith("deferred")
+    assert sync.summary["phase_timing"].startswith("sync")
+    # same seed, same data: only cuDNN's algorithm choice (benchmark mode) may differ between the runs
+    assert abs(deferred.test_accuracy - sync.test_accuracy) <= 0.02
+    for a, b in zip(deferred.epochs, sync.epochs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2)
+
+
+def test_pinned_non_blocking_copies_arrive_intact():
+    x = torch.randn(64, 3, 32, 32).pin_memory()
+    y = torch.randint(0, 10, (64,)).pin_memory()
+    assert x.is_pinned()
+    xd, yd = _to_device(x, y, CUDA, channels_last=False)
+    torch.cuda.synchronize()
+    assert xd.device.type == "cuda" and torch.equal(xd.cpu(), x) and torch.equal(yd.cpu(), y)
+
+
+def test_channels_last_copy_and_conv_on_cuda():
+    x, y = torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long)
+    xd, _ = _to_device(x, y, CUDA, channels_last=True)
+    assert xd.is_contiguous(memory_format=torch.channels_last) and torch.equal(xd.cpu(), x)
+    conv = nn.Conv2d(3, 16, 3, padding=1).to(CUDA)
+    out_cl = conv.to(memory_format=torch.channels_last)(xd)
+    out = conv.to(memory_format=torch.contiguous_format)(x.to(CUDA))
+    torch.testing.assert_close(out_cl, out, rtol=1e-3, atol=1e-3)
+
+
+def test_dali_gpu_pipeline_equals_the_torch_crop_and_flip():
+    pytest.importorskip("nvidia.dali")
+    from repro.dali_loader import DaliBatches
+
+    x = np.random.default_rng(0).integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+    batches = DaliBatches(x, np.arange(100), batch_size=32, seed=0, device=CUDA)
+    padded = normalise_pad_transpose(x)
+    seen = 0
+    for images, labels in batches:
+        assert images.device.type == "cuda" and labels.device.type == "cuda"
+        idx = labels.cpu().numpy()
+        crop, flips = batches.last_choices["crop"][idx], batches.last_choices["flip"][idx]
+        expected = np.stack([FlipLR().apply(Crop().apply(padded[i], crop[k]), flips[k]) for k, i in enumerate(idx)])
+        np.testing.assert_allclose(images.cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
+        seen += len(idx)
+    assert seen == 100
+
+
+def test_one_epoch_of_final_on_cuda(tmp_path):
+    code = resnet.main(["--stage", "final", "--preset", "smoke", "--data", "synthetic", "--device", "cuda",
+                        "--epochs", "1", "--quiet", "--log-dir", str(tmp_path)])
+    assert code == 0
+    (rec,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines() if line.strip()]
+    assert rec["status"] == "ok" and rec["device"].startswith("cuda") and len(rec["epochs"]) == 1
+    assert rec["precision"] == "fp16"  # auto on CUDA
+    assert rec["phase_timing"].startswith("deferred")  # auto on CUDA: no per-step synchronisation
