@@ -13,12 +13,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 DATA=${1:-../shared/data/cifar10-jpeg.tar.gz}
 LOG_DIR=${2:-logs/gpu-check-$(date -u +%Y%m%d-%H%M%S)}
-mkdir -p "$LOG_DIR"
-
 if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
     echo "error: no CUDA device visible to $PY (torch.cuda.is_available() is False)" >&2
     exit 2
 fi
+mkdir -p "$LOG_DIR"
 "$PY" - <<'PY' | tee "$LOG_DIR/environment.txt"
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0))
