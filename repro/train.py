@@ -175,18 +175,21 @@ def _to_device(x, y, device, channels_last):
 
 
 def _timed(batches, timer: PhaseTimer, device, channels_last):
-    """Yield device batches; the wait for each (loader + copy) is the data_wait phase."""
+    """Yield device batches; the wait for each (loader + copy), and starting the epoch's loader
+    (worker processes, the device loader's augmentation pass), is the data_wait phase."""
+    start = timer.now()
     with signals_deferred():  # a Ctrl-C inside a half-started DataLoader iterator would orphan its workers
         iterator = iter(batches)
     while True:
-        start = timer.now()
         try:
             x, y = next(iterator)
         except StopIteration:
+            timer.totals["data_wait"] += timer.now() - start
             return
         x, y = _to_device(x, y, device, channels_last)
         timer.totals["data_wait"] += timer.now() - start
         yield x, y
+        start = timer.now()
 
 
 def _warm_up(net, stage: StageConfig, batch_size, device, precision: Precision, channels_last) -> None:
