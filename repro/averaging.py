@@ -5,7 +5,10 @@ included) and, every ``every`` steps, move it towards the live weights:
 ``average <- decay * average + (1 - decay) * weights``.
 
 * ``eval_copy`` (post 8 step 8): decay = momentum ** every; the live weights train on and the
-  average is what gets evaluated.
+  average is what gets evaluated. The average is bias-corrected (Adam-style: as if it started at
+  zero, divided by 1 - decay^k after k updates), so it holds no trace of the random initial
+  weights: over post 8's 250 updates that changes nothing (0.95^250 ~ 1e-6), but a short run of a
+  scaled-down preset would otherwise evaluate a net still dominated by its initialisation.
 * ``lookahead`` (airbench): decay = momentum ** every * (step / total_steps) ** 3, and the live
   weights are then set to the average; at the last step decay = 1, so training ends on the average.
 """
@@ -27,6 +30,7 @@ class WeightAverage:
         if kind not in ("eval_copy", "lookahead"):
             raise ValueError(f"EMA kind must be eval_copy or lookahead, not {kind!r}")
         self.kind, self.momentum, self.every, self.total_steps = kind, momentum, every, total_steps
+        self.updates = 0
         self.net = net
         self.average = copy.deepcopy(net)
         for p in self.average.parameters():
@@ -45,8 +49,11 @@ class WeightAverage:
         if step % self.every and not (last and self.kind == "lookahead"):
             return
         decay = self.decay(step)
+        self.updates += 1
+        # eval_copy: the bias-corrected weight of the new sample, 1 at the first update
+        weight = (1.0 - decay) / (1.0 - decay ** self.updates) if self.kind == "eval_copy" else 1.0 - decay
         for avg, live in zip(_float_state(self.average), _float_state(self.net)):
-            avg.lerp_(live.detach(), 1.0 - decay)
+            avg.lerp_(live.detach(), weight)
             if self.kind == "lookahead":
                 live.copy_(avg)
 
