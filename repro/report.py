@@ -132,10 +132,11 @@ def write_plots(records, out_dir: Path) -> tuple[list[Path], str]:
         if am is None:
             continue
         ax2.errorbar(sm, 100 * am, xerr=ss or 0, yerr=100 * (astd or 0), fmt="o", capsize=2, color="#1f77b4")
-        ax2.annotate(str(i), (sm, 100 * am), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        # neighbouring stages often land close together: alternate their labels above and below
+        ax2.annotate(str(i), (sm, 100 * am), textcoords="offset points", xytext=(4, 4 if i % 2 else -11), fontsize=8)
     if target is not None:
         ax2.axhline(100 * target, ls="--", color="grey", label=f"preset target {100 * target:g}%")
-        ax2.legend(loc="lower right")
+        ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)  # outside: hides no point
     seconds = [statistics.fmean(r.seconds) for r in rows]
     wide = max(seconds) / min(seconds) > 5
     if wide:
