@@ -1,4 +1,5 @@
 import pickle
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +39,14 @@ def cache_dir(tmp_path, monkeypatch):
     d = tmp_path / "cache"
     monkeypatch.setenv("REPRO_CACHE", str(d))
     return d
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_not_ignored():
+    """A runner started in the background (`cmd &` in a script) inherits SIGINT ignored, and so does every
+    process it starts; the signal tests need Ctrl-C to behave as it does in a terminal."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
