@@ -112,9 +112,11 @@ def cast_batch_norm(net: nn.Module, precision: Precision, bn_fp32: bool) -> str:
     return f"{precision.name} (cast, as the blog's half-precision model)"
 
 
-def count_train_flops(net: nn.Module, opt: OptimizerSection, batch_size: int, device, channels_last: bool,
-                      precision: Precision) -> int:
-    """FLOPs of one training step (forward + backward) on a throwaway copy, from torch's counter."""
+def warm_up_and_count_flops(net: nn.Module, opt: OptimizerSection, batch_size: int, device, channels_last: bool,
+                            precision: Precision) -> int:
+    """One untimed fwd+bwd on random data with a throwaway copy (cuDNN autotuning, oneDNN
+    primitive creation), as the blog did before starting its clock; torch's counter reads the
+    step's FLOPs on the way."""
     from torch.utils.flop_counter import FlopCounterMode
 
     spare = copy.deepcopy(net).train()
@@ -127,6 +129,8 @@ def count_train_flops(net: nn.Module, opt: OptimizerSection, batch_size: int, de
         with precision.autocast():
             loss = loss_fn(spare(x), y, opt)
         loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return int(counter.get_total_flops())
 
 
@@ -192,20 +196,6 @@ def _timed(batches, timer: PhaseTimer, device, channels_last):
         start = timer.now()
 
 
-def _warm_up(net, stage: StageConfig, batch_size, device, precision: Precision, channels_last) -> None:
-    """One untimed fwd+bwd on random data with a throwaway copy (cuDNN autotuning, oneDNN
-    primitive creation), as the blog did before starting its clock."""
-    spare = copy.deepcopy(net).train()
-    x = torch.randn(batch_size, 3, 32, 32, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with precision.autocast():
-        loss = loss_fn(spare(x), torch.zeros(batch_size, dtype=torch.long, device=device), stage.optimizer)
-    loss.backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _whitening_bias(net: nn.Module) -> list[nn.Parameter]:
     return [m.bias for m in net.modules() if isinstance(m, PatchWhitening) and m.bias is not None]
 
@@ -255,8 +245,7 @@ def train_stage(
                if stage.ema.kind != "none" else None)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    _warm_up(net, stage, batch_size, device, amp, channels_last)
-    flops_per_step = count_train_flops(net, opt_cfg, batch_size, device, channels_last, amp)
+    flops_per_step = warm_up_and_count_flops(net, opt_cfg, batch_size, device, channels_last, amp)
     progress.summary.update(steps_planned=steps_total, steps_per_epoch=steps_per_epoch, epochs_planned=epochs,
                             batch_size=batch_size, whitening=whitened)
 

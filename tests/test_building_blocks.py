@@ -15,7 +15,7 @@ from repro.devices import Precision
 from repro.evaluation import tta_logits, translate
 from repro.loaders import Cutout, DeviceBatches, grouped_choices
 from repro.nets import GhostBatchNorm, PatchWhitening, airbench94, batch_norm, dawn_resnet18, resnet9
-from repro.train import build_stage_net, cast_batch_norm, count_train_flops, loss_fn, make_optimizer, set_lr
+from repro.train import build_stage_net, cast_batch_norm, warm_up_and_count_flops, loss_fn, make_optimizer, set_lr
 
 CPU = torch.device("cpu")
 
@@ -284,7 +284,7 @@ def test_bn_fp32_switch_keeps_or_casts_batch_norm():
 ])
 def test_training_flops_match_the_independent_counts(build, forward_gflop):
     net = build()
-    flops = count_train_flops(net, OptimizerSection(), 2, CPU, False, Precision(CPU, "fp32")) / 2
+    flops = warm_up_and_count_flops(net, OptimizerSection(), 2, CPU, False, Precision(CPU, "fp32")) / 2
     assert flops == pytest.approx(3 * forward_gflop * 1e9, rel=0.04)
 
 
