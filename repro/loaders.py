@@ -240,6 +240,13 @@ class DeviceBatches:
         self.rng_calls += 2  # one permutation of the options, one of the images
         return grouped_choices(len(self.labels), options, self.max_groups, self.generator)
 
+    def _groups(self, choice: torch.Tensor):
+        """(option, indices of the images given it) for each option used: one sort, not a mask per option."""
+        order = torch.argsort(choice)
+        options, counts = torch.unique_consecutive(choice[order], return_counts=True)
+        for option, members in zip(options.tolist(), torch.split(order, counts.tolist())):
+            yield option, members.to(self.device)
+
     def _flips(self) -> torch.Tensor:
         if self.flip == "alternating" and self.flipped is not None:
             return ~self.flipped
@@ -249,8 +256,7 @@ class DeviceBatches:
         n, side = len(self.labels), 2 * self.pad + 1
         crop = self._choices(side * side)
         out = torch.empty((n, 3, SIZE, SIZE), dtype=self.padded.dtype, device=self.device)
-        for option in crop.unique().tolist():
-            members = (crop == option).nonzero().squeeze(1).to(self.device)
+        for option, members in self._groups(crop):
             dy, dx = divmod(option, side)
             out[members] = self.padded[members, :, dy:dy + SIZE, dx:dx + SIZE]
         self.last_choices = {"crop": crop}
@@ -263,8 +269,7 @@ class DeviceBatches:
         if self.cutout:
             side_c = SIZE - self.cutout + 1
             where = self._choices(side_c * side_c)
-            for option in where.unique().tolist():
-                members = (where == option).nonzero().squeeze(1).to(self.device)
+            for option, members in self._groups(where):
                 y0, x0 = divmod(option, side_c)
                 out[members, :, y0:y0 + self.cutout, x0:x0 + self.cutout] = 0.0
             self.last_choices["cutout"] = where
