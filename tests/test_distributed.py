@@ -41,6 +41,14 @@ def test_plain_run_does_not_touch_torch_distributed(monkeypatch):
     assert not torch.distributed.is_initialized()
 
 
+def _records_once_each(log_dir):
+    """The log's records, checking that no seed was recorded twice."""
+    recs = read_records(log_dir / "runs.jsonl")
+    seeds = [r["seed"] for r in recs]
+    assert len(seeds) == len(set(seeds))  # never duplicated
+    return recs
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_run_four_seeds_once_with_single_process_losses(tmp_path, monkeypatch, capsys):
     proc = _torchrun([*SMOKE, "--epochs", "1", "--runs", "4", "--seed", "3", "--quiet",
@@ -106,9 +114,7 @@ def test_a_killed_rank_is_recorded_failed_and_the_others_do_not_hang(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    recs = read_records(tmp_path / "log" / "runs.jsonl")
-    seeds = [r["seed"] for r in recs]
-    assert len(seeds) == len(set(seeds))  # never duplicated
+    recs = _records_once_each(tmp_path / "log")
     lost = [r for r in recs if r["rank"] == 1 and r["status"] != "ok"]
     assert len(lost) == 1 and lost[0]["status"] == "failed" and "rank 1 stopped reporting" in lost[0]["error"]
     assert "error: rank 1 stopped reporting (killed or hung)" in err
@@ -128,9 +134,7 @@ def test_ctrl_c_to_torchrun_records_every_rank_interrupted_once(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    recs = read_records(tmp_path / "log" / "runs.jsonl")
-    seeds = [r["seed"] for r in recs]
-    assert len(seeds) == len(set(seeds))  # never duplicated
+    recs = _records_once_each(tmp_path / "log")
     for rank in (0, 1):  # each rank: its finished runs ok, the one it was in interrupted (none missing)
         statuses = [r["status"] for r in recs if r["rank"] == rank]
         assert statuses and statuses[-1] == "interrupted" and set(statuses[:-1]) <= {"ok"}
