@@ -89,7 +89,8 @@ class LoaderSection:
     pad: int = 4  # reflect padding before the random 32x32 crop
     flip: str = "random"  # "random" | "alternating" (airbench) | "none"
     cutout: int = 0  # side of the zeroed square; 0 = no cutout
-    max_groups: int = 200  # device backend: at most this many distinct choices per augmentation per epoch
+    choices: str = "grouped"  # device backend: "grouped" (post 8) | "per_image" (airbench)
+    max_groups: int = 200  # grouped choices: at most this many distinct choices per augmentation per epoch
     drop_last: bool = False
 
 
@@ -166,6 +167,7 @@ _CHOICES = {
     ("loader", "preprocess"): ("per_sample", "once"),
     ("loader", "rng"): ("per_sample", "bulk"),
     ("loader", "flip"): ("random", "alternating", "none"),
+    ("loader", "choices"): ("grouped", "per_image"),
     ("optimizer", "loss_reduction"): ("mean", "sum"),
     ("ema", "kind"): ("none", "eval_copy", "lookahead"),
     ("evaluation", "tta"): ("none", "flip", "multiview"),

@@ -19,10 +19,11 @@ The three loader keys of a stage map onto three independent switches here:
 Augmentations are tiny immutable objects with ``draw`` (random choices for n images) and
 ``apply`` (one image, one choice).
 
-**Device backend** (post 8 step 1, airbench's loader): the normalised, padded set is one tensor
-on the training device; each epoch every augmentation splits a random permutation of the images
-into at most ``max_groups`` even groups and applies one choice to each group, a vectorised slice
-per group, so each image's choice is still uniform over all options. No DataLoader, no workers.
+**Device backend** (post 8 step 1, airbench's loader): the padded uint8 set is one tensor on the
+training device; each epoch draws every image's crop, flip and cutout in bulk, either grouped
+(post 8: a random permutation of the images split into at most ``max_groups`` even groups, one
+choice per group, so each image's choice is still uniform) or per image (airbench), and each
+batch is cut out, flipped and normalised by one gather. No DataLoader, no workers.
 """
 
 from __future__ import annotations
@@ -207,81 +208,113 @@ def grouped_choices(n: int, options: int, max_groups: int, generator: torch.Gene
 
 
 class DeviceBatches:
-    """The whole training set on ``device``; per-epoch grouped crop / flip / cutout, then a shuffle.
+    """The whole training set on ``device`` as its uint8 pixels; every epoch draws each image's
+    crop offset, flip and cutout square, and every batch is cut out of the set by one gather.
 
-    ``flip = "alternating"`` (airbench): a random half flipped in the first epoch, and from then
-    on each image flipped exactly when it was not flipped the epoch before. ``last_choices``
-    keeps the epoch's per-image choices (crop offset index, flip, cutout index) for inspection.
+    ``choices = "grouped"`` (post 8): each augmentation gives at most ``max_groups`` distinct
+    choices per epoch, to even groups of images (``grouped_choices``); ``"per_image"`` (airbench):
+    an independent uniform choice per image. ``flip = "alternating"`` (airbench): a random half
+    flipped in the first epoch, and from then on each image flipped exactly when it was not
+    flipped the epoch before. ``last_choices`` keeps the epoch's per-image choices (crop offset
+    index, flip, cutout index) in data order.
+
+    The reflect padding, the crop and the flip only move pixels, so for a batch they are one
+    index computed from the choices and one ``index_select`` of bytes from the unpadded set,
+    which comes out already in (B, 3, 32, 32) order; then the batch is normalised in float32.
+    Nothing is padded or copied up front, and nothing of the epoch is materialised but its choices.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
                  device: torch.device, pad: int = PAD, flip: str = "random", cutout: int = 0,
-                 max_groups: int = 200, drop_last: bool = False):
+                 choices: str = "grouped", max_groups: int = 200, drop_last: bool = False):
+        if choices not in ("grouped", "per_image"):
+            raise ValueError(f"unknown choices {choices!r}: \"grouped\" or \"per_image\"")
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if images.shape[1:] != (SIZE, SIZE, 3) or not 0 <= pad < SIZE:
+            raise ValueError(f"expected uint8 images (N, {SIZE}, {SIZE}, 3) and 0 <= pad < {SIZE}, "
+                             f"got {images.shape} and pad {pad}")
         self.device, self.batch_size, self.drop_last = device, batch_size, drop_last
-        self.pad, self.flip, self.cutout, self.max_groups = pad, flip, cutout, max_groups
-        self.padded = torch.from_numpy(normalise_pad_transpose(images, pad)).to(device)
+        self.pad, self.flip, self.cutout = pad, flip, cutout
+        self.choices, self.max_groups = choices, max_groups
+        self.pixels = torch.from_numpy(images).reshape(-1).to(device)  # (N * 32 * 32 * 3,) bytes, HWC order
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        # int32 offsets halve the index arithmetic (2x faster on a CPU) wherever they reach every byte
+        self.index_dtype = torch.int32 if self.pixels.numel() < 2**31 else torch.int64
+        # source row/column of each padded row/column: numpy's "reflect" (edge not repeated)
+        q = torch.arange(SIZE + 2 * pad) - pad
+        reflect = torch.where(q < 0, -q, torch.where(q >= SIZE, 2 * (SIZE - 1) - q, q))
+        self.reflect = reflect.to(device, self.index_dtype)
+        self.span = torch.arange(SIZE, device=device, dtype=self.index_dtype)
+        self.channel = torch.arange(3, device=device, dtype=self.index_dtype).view(1, 3, 1, 1)
+        self.scale = torch.from_numpy(1 / STD).view(3, 1, 1).to(device)
+        self.shift = torch.from_numpy(-MEAN / STD).view(3, 1, 1).to(device)
         self.generator = torch.Generator().manual_seed(seed)
         self.rng_calls = 0
         self.flipped: torch.Tensor | None = None
         self.last_choices: dict[str, torch.Tensor] = {}
-
-    @property
-    def images(self) -> torch.Tensor:
-        """The normalised, unpadded images (what patch whitening is fitted on)."""
-        p = self.pad
-        return self.padded[:, :, p:p + SIZE, p:p + SIZE]
+        self._on_device: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _choices(self, options: int) -> torch.Tensor:
+    def _draw(self, options: int) -> torch.Tensor:
+        n = len(self.labels)
+        if self.choices == "per_image":
+            self.rng_calls += 1
+            return torch.randint(options, (n,), generator=self.generator)
         self.rng_calls += 2  # one permutation of the options, one of the images
-        return grouped_choices(len(self.labels), options, self.max_groups, self.generator)
+        return grouped_choices(n, options, self.max_groups, self.generator)
 
-    def _groups(self, choice: torch.Tensor):
-        """(option, indices of the images given it) for each option used: one sort, not a mask per option."""
-        order = torch.argsort(choice)
-        options, counts = torch.unique_consecutive(choice[order], return_counts=True)
-        for option, members in zip(options.tolist(), torch.split(order, counts.tolist())):
-            yield option, members.to(self.device)
-
-    def _flips(self) -> torch.Tensor:
+    def draw_epoch_choices(self) -> dict[str, torch.Tensor]:
+        """Every image's crop offset index, flip and cutout index for one epoch (on the CPU)."""
+        side = 2 * self.pad + 1
+        choices = {"crop": self._draw(side * side)}
         if self.flip == "alternating" and self.flipped is not None:
-            return ~self.flipped
-        return self._choices(2).bool()
+            choices["flip"] = ~self.flipped
+        elif self.flip != "none":
+            choices["flip"] = self._draw(2).bool()
+        self.flipped = choices.get("flip")
+        if self.cutout:
+            choices["cutout"] = self._draw((SIZE - self.cutout + 1) ** 2)
+        self.last_choices = choices
+        self._on_device = {k: v.to(self.device, torch.bool if k == "flip" else self.index_dtype)
+                           for k, v in choices.items()}
+        return choices
+
+    def augment(self, index: torch.Tensor) -> torch.Tensor:
+        """Images ``index`` (on the device) padded, cropped, flipped and cut out by this epoch's
+        choices: float32 (B, 3, 32, 32), normalised."""
+        c, span = self._on_device, self.span
+        crop, index = c["crop"][index], index.to(self.index_dtype)
+        dy, dx = crop // (2 * self.pad + 1), crop % (2 * self.pad + 1)
+        rows = self.reflect[dy[:, None] + span]  # (B, 32) source rows
+        cols = self.reflect[dx[:, None] + (torch.where(c["flip"][index, None], span.flip(0), span)
+                                           if "flip" in c else span)]
+        row_start = (index[:, None] * SIZE + rows) * (SIZE * 3)  # byte offset of each source row
+        where = row_start[:, None, :, None] + self.channel + (cols * 3)[:, None, None, :]  # (B, 3, 32, 32)
+        x = self.pixels.index_select(0, where.reshape(-1)).view(where.shape).float()
+        x = x.mul_(self.scale).add_(self.shift)
+        if self.cutout:  # zero after normalising: the square becomes the data mean, as in post 3
+            square, side = c["cutout"][index, None], SIZE - self.cutout + 1
+            y0, x0 = square // side, square % side
+            inside_rows = (span >= y0) & (span < y0 + self.cutout)
+            inside_cols = (span >= x0) & (span < x0 + self.cutout)
+            x = x.mul_(~(inside_rows[:, None, :, None] & inside_cols[:, None, None, :]))
+        return x
 
     def augment_epoch(self) -> torch.Tensor:
-        n, side = len(self.labels), 2 * self.pad + 1
-        crop = self._choices(side * side)
-        out = torch.empty((n, 3, SIZE, SIZE), dtype=self.padded.dtype, device=self.device)
-        for option, members in self._groups(crop):
-            dy, dx = divmod(option, side)
-            out[members] = self.padded[members, :, dy:dy + SIZE, dx:dx + SIZE]
-        self.last_choices = {"crop": crop}
-        if self.flip != "none":
-            flips = self._flips()
-            self.flipped = flips
-            idx = flips.nonzero().squeeze(1).to(self.device)
-            out[idx] = out[idx].flip(3)
-            self.last_choices["flip"] = flips
-        if self.cutout:
-            side_c = SIZE - self.cutout + 1
-            where = self._choices(side_c * side_c)
-            for option, members in self._groups(where):
-                y0, x0 = divmod(option, side_c)
-                out[members, :, y0:y0 + self.cutout, x0:x0 + self.cutout] = 0.0
-            self.last_choices["cutout"] = where
-        return out
+        """Draw an epoch's choices and return every image augmented, in data order (for inspection)."""
+        self.draw_epoch_choices()
+        return self.augment(torch.arange(len(self.labels), device=self.device))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        images = self.augment_epoch()
+        self.draw_epoch_choices()
         order = torch.randperm(len(self.labels), generator=self.generator).to(self.device)
         self.rng_calls += 1
         for step in range(len(self)):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-            yield images[idx], self.labels[idx]
+            yield self.augment(idx), self.labels[idx]
 
 
 def make_train_loader(loader, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
@@ -290,7 +323,8 @@ def make_train_loader(loader, images: np.ndarray, labels: np.ndarray, *, batch_s
     batch_size = min(batch_size, len(labels))  # a tiny subset still gets one full batch
     if loader.backend == "device":
         return DeviceBatches(images, labels, batch_size=batch_size, seed=seed, device=device, pad=loader.pad,
-                             flip=loader.flip, cutout=loader.cutout, max_groups=loader.max_groups,
+                             flip=loader.flip, cutout=loader.cutout, choices=loader.choices,
+                             max_groups=loader.max_groups,
                              drop_last=loader.drop_last)
     if loader.backend == "dali":
         from repro.dali_loader import DaliBatches  # optional dependency: repro[dali]

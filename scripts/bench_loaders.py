@@ -57,7 +57,7 @@ def loaders(images, labels, batch_size, seed):
         if lc in seen:  # stages that share a loader configuration
             continue
         seen.add(lc)
-        mode = "device, grouped" if lc.backend == "device" else f"{lc.preprocess}/{lc.rng}/{lc.workers}w"
+        mode = f"device, {lc.choices.replace('_', ' ')}" if lc.backend == "device" else f"{lc.preprocess}/{lc.rng}/{lc.workers}w"
         extras = (f", cutout {lc.cutout}" if lc.cutout else "") + (f", {lc.flip} flip" if lc.flip != "random" else "")
         out[f"{stage} ({mode}{extras})"] = lambda lc=lc: make_train_loader(
             lc, images, labels, batch_size=batch_size, seed=seed, device=torch.device("cpu"))

@@ -13,7 +13,7 @@ from repro.averaging import WeightAverage
 from repro.config import OptimizerSection, load_preset, load_stage
 from repro.devices import Precision
 from repro.evaluation import tta_logits, translate
-from repro.loaders import Cutout, DeviceBatches, grouped_choices
+from repro.loaders import Cutout, DeviceBatches, grouped_choices, normalise_pad_transpose
 from repro.nets import GhostBatchNorm, PatchWhitening, airbench94, batch_norm, dawn_resnet18, resnet9
 from repro.train import build_stage_net, cast_batch_norm, warm_up_and_count_flops, loss_fn, make_optimizer, set_lr
 
@@ -34,15 +34,21 @@ def test_cutout_zeroes_exactly_one_square():
     assert x.min() == 1  # the input is not modified
 
 
-def test_device_loader_cutout_zeroes_one_square_per_image():
+@pytest.mark.parametrize("choices", ["grouped", "per_image"])
+def test_device_loader_cutout_zeroes_one_square_per_image(choices):
     images = np.full((40, 32, 32, 3), 200, dtype=np.uint8)  # normalises to a non-zero constant
-    loader = DeviceBatches(images, np.zeros(40), batch_size=40, seed=0, device=CPU, pad=0, flip="none", cutout=5)
+    loader = DeviceBatches(images, np.zeros(40), batch_size=40, seed=0, device=CPU, pad=0, flip="none", cutout=5,
+                           choices=choices)
     out = loader.augment_epoch()
     zeros = (out == 0).all(dim=1)  # (N, 32, 32)
     assert (zeros.sum(dim=(1, 2)) == 25).all()
     for mask in zeros:
         rows, cols = mask.nonzero(as_tuple=True)
         assert rows.max() - rows.min() == 4 and cols.max() - cols.min() == 4
+    where = loader.last_choices["cutout"]  # the square sits where the choice says
+    for mask, option in zip(zeros, where.tolist()):
+        y0, x0 = divmod(option, 28)
+        assert mask[y0:y0 + 5, x0:x0 + 5].all()
 
 
 def test_label_smoothing_equals_its_formula():
@@ -212,18 +218,42 @@ def test_alternating_flip_flips_exactly_what_it_did_not_flip_before():
         assert torch.equal(after, ~before)
 
 
-def test_device_loader_applies_its_choices():
+@pytest.mark.parametrize("choices", ["grouped", "per_image"])
+def test_device_loader_applies_its_choices(choices):
     images = _images(20)
-    loader = DeviceBatches(images, np.arange(20), batch_size=20, seed=0, device=CPU, pad=4, flip="random")
+    loader = DeviceBatches(images, np.arange(20), batch_size=20, seed=0, device=CPU, pad=4, flip="random",
+                           choices=choices)
     out = loader.augment_epoch()
     crop, flip = loader.last_choices["crop"], loader.last_choices["flip"]
+    padded = torch.from_numpy(normalise_pad_transpose(images, 4))
     for i in range(20):
         dy, dx = divmod(int(crop[i]), 9)
-        expected = loader.padded[i, :, dy:dy + 32, dx:dx + 32]
+        expected = padded[i, :, dy:dy + 32, dx:dx + 32]
         torch.testing.assert_close(out[i], expected.flip(2) if flip[i] else expected)
     batches = list(loader)
     labels = torch.cat([y for _, y in batches])
     assert sorted(labels.tolist()) == list(range(20))  # every image once per epoch
+    for x, y in batches:  # a batch is the same images augmented by the same epoch's choices
+        torch.testing.assert_close(x, loader.augment(y))
+
+
+def test_device_loader_per_image_choices_are_independent_and_uniform():
+    n, epochs = 400, 50
+    loader = DeviceBatches(_images(n), np.zeros(n), batch_size=n, seed=1, device=CPU, pad=4, cutout=8,
+                           choices="per_image")
+    crops, flips = [], []
+    for _ in range(epochs):
+        choices = loader.draw_epoch_choices()
+        crops.append(choices["crop"])
+        flips.append(choices["flip"])
+        assert choices["cutout"].max() < 25 * 25
+    crops = torch.stack(crops)
+    # all 81 offsets used every epoch (grouped with 200 groups would also, so check counts are not even)
+    assert stats.chisquare(torch.bincount(crops.flatten(), minlength=81).numpy()).pvalue > 1e-3
+    per_epoch = torch.stack([torch.bincount(c, minlength=81) for c in crops])
+    assert per_epoch.max() - per_epoch.min() > 1  # not the even groups of the grouped draw
+    half = torch.stack(flips).sum(1)
+    assert (half != n // 2).any() and stats.binomtest(int(half.sum()), n * epochs).pvalue > 1e-3
 
 
 def test_grouped_choices_are_uniform_per_image():
