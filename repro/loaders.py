@@ -148,6 +148,49 @@ class AugmentedTrainSet(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(x)), int(self.labels[index])
 
 
+@dataclass(frozen=True)
+class Shard:
+    """One rank's part of every batch when one run is spread over ranks (``--ddp``).
+
+    Every rank draws the same permutation and augmentation choices (same seed) and keeps its
+    contiguous slice of each batch, so the ranks' slices are disjoint and together the batch."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def take(self, batch):
+        """This rank's slice of ``batch`` (a list or a tensor of image indices)."""
+        n = len(batch)
+        return batch[n * self.rank // self.world_size:n * (self.rank + 1) // self.world_size]
+
+
+def batch_sizes(n: int, batch_size: int, drop_last: bool, ranks: int = 1) -> list[int]:
+    """Each step's whole-batch size in an epoch of ``n`` images. A last, partial batch is kept
+    unless ``drop_last``, or unless it is too small to give every rank an image."""
+    sizes = [batch_size] * (n // batch_size)
+    rest = n % batch_size
+    if rest and not drop_last and rest >= ranks:
+        sizes.append(rest)
+    return sizes
+
+
+class _ShardedBatchSampler:
+    """torch's shuffled batches of image indices, cut to this rank's slice of each."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, generator: torch.Generator, shard: Shard):
+        self.sampler = torch.utils.data.RandomSampler(range(n), generator=generator)
+        self.sizes = batch_sizes(n, batch_size, drop_last, shard.world_size)
+        self.batch_size, self.shard = batch_size, shard
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __iter__(self):
+        batches = torch.utils.data.BatchSampler(self.sampler, self.batch_size, drop_last=False)
+        for batch, _ in zip(batches, self.sizes):
+            yield self.shard.take(batch)
+
+
 def _seed_worker(worker_id: int) -> None:
     # Each worker gets its own stream, derived from the loader's seeded base seed.
     info = torch.utils.data.get_worker_info()
@@ -167,15 +210,15 @@ class TrainBatches:
 
     def __init__(self, images, labels, *, preprocess: str, rng: str, workers: int, batch_size: int,
                  seed: int, pin_memory: bool = False, augmentations=AUGMENTATIONS, pad: int = PAD,
-                 drop_last: bool = False):
+                 drop_last: bool = False, shard: Shard = Shard()):
         self.dataset = AugmentedTrainSet(images, labels, preprocess, rng, seed, augmentations, pad)
         self.workers, self.batch_size = workers, batch_size
+        generator = torch.Generator().manual_seed(seed)  # the order, then the workers' base seed
         with _allow_more_workers_than_cores():
             self.loader = torch.utils.data.DataLoader(
-                self.dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                pin_memory=pin_memory, drop_last=drop_last, persistent_workers=False,
-                generator=torch.Generator().manual_seed(seed),
-                worker_init_fn=_seed_worker if workers > 0 else None,
+                self.dataset, num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
+                batch_sampler=_ShardedBatchSampler(len(self.dataset), batch_size, drop_last, generator, shard),
+                generator=generator, worker_init_fn=_seed_worker if workers > 0 else None,
             )
 
     def __len__(self) -> int:
@@ -226,7 +269,8 @@ class DeviceBatches:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
                  device: torch.device, pad: int = PAD, flip: str = "random", cutout: int = 0,
-                 choices: str = "grouped", max_groups: int = 200, drop_last: bool = False):
+                 choices: str = "grouped", max_groups: int = 200, drop_last: bool = False,
+                 shard: Shard = Shard()):
         if choices not in ("grouped", "per_image"):
             raise ValueError(f"unknown choices {choices!r}: \"grouped\" or \"per_image\"")
         images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -235,7 +279,7 @@ class DeviceBatches:
                              f"got {images.shape} and pad {pad}")
         self.device, self.batch_size, self.drop_last = device, batch_size, drop_last
         self.pad, self.flip, self.cutout = pad, flip, cutout
-        self.choices, self.max_groups = choices, max_groups
+        self.choices, self.max_groups, self.shard = choices, max_groups, shard
         self.pixels = torch.from_numpy(images).reshape(-1).to(device)  # (N * 32 * 32 * 3,) bytes, HWC order
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         # int32 offsets halve the index arithmetic (2x faster on a CPU) wherever they reach every byte
@@ -255,8 +299,7 @@ class DeviceBatches:
         self._on_device: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(batch_sizes(len(self.labels), self.batch_size, self.drop_last, self.shard.world_size))
 
     def _draw(self, options: int) -> torch.Tensor:
         n = len(self.labels)
@@ -313,23 +356,28 @@ class DeviceBatches:
         order = torch.randperm(len(self.labels), generator=self.generator).to(self.device)
         self.rng_calls += 1
         for step in range(len(self)):
-            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            idx = self.shard.take(order[step * self.batch_size:(step + 1) * self.batch_size])
             yield self.augment(idx), self.labels[idx]
 
 
 def make_train_loader(loader, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
-                      device: torch.device):
-    """The training batches a stage's [loader] table (``repro.config.LoaderSection``) asks for."""
+                      device: torch.device, shard: Shard = Shard()):
+    """The training batches a stage's [loader] table (``repro.config.LoaderSection``) asks for;
+    with a ``shard``, this rank's slice of each."""
     batch_size = min(batch_size, len(labels))  # a tiny subset still gets one full batch
+    if batch_size < shard.world_size:
+        raise ValueError(f"a batch of {batch_size} cannot be split over {shard.world_size} ranks")
     if loader.backend == "device":
         return DeviceBatches(images, labels, batch_size=batch_size, seed=seed, device=device, pad=loader.pad,
                              flip=loader.flip, cutout=loader.cutout, choices=loader.choices,
-                             max_groups=loader.max_groups,
-                             drop_last=loader.drop_last)
+                             max_groups=loader.max_groups, drop_last=loader.drop_last, shard=shard)
     if loader.backend == "dali":
         from repro.dali_loader import DaliBatches  # optional dependency: repro[dali]
         if loader.cutout:
             raise ValueError("cutout needs loader.backend = \"device\" or \"dataloader\", not \"dali\"")
+        if shard.world_size > 1:
+            raise ValueError("one run over several ranks (--ddp) needs loader.backend = \"device\" or "
+                             "\"dataloader\", not \"dali\"")
         return DaliBatches(images, labels, batch_size=batch_size, seed=seed, device=device, pad=loader.pad,
                            flip=loader.flip, drop_last=loader.drop_last)
     if loader.flip == "alternating":
@@ -337,7 +385,7 @@ def make_train_loader(loader, images: np.ndarray, labels: np.ndarray, *, batch_s
     return TrainBatches(images, labels, preprocess=loader.preprocess, rng=loader.rng, workers=loader.workers,
                         batch_size=batch_size, seed=seed, pin_memory=device.type == "cuda",
                         augmentations=augmentations_for(loader.flip, loader.cutout), pad=loader.pad,
-                        drop_last=loader.drop_last)
+                        drop_last=loader.drop_last, shard=shard)
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int):

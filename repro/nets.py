@@ -59,6 +59,82 @@ class GhostBatchNorm(nn.BatchNorm2d):
         return out.reshape(n // s, s, c, h, w).transpose(0, 1).reshape(n, c, h, w)
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the all-reduced gradient: every rank's loss depends
+    on the sum, so each rank's input gets the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class CrossRankBatchNorm(nn.BatchNorm2d):
+    """Batch norm whose training statistics are the whole batch's, over every rank of a run
+    spread over ranks (``--ddp``), so the run is the single-process run's arithmetic.
+
+    torch's ``nn.SyncBatchNorm`` does this on GPUs only; this one all-reduces each channel's
+    count and sum, then its sum of squared deviations (two passes, as exact as one process's
+    BN), which gloo does on a CPU too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        c, shape = x.shape[1], (1, x.shape[1], 1, 1)
+        x32 = x.float()
+        sums = _SumOverRanks.apply(torch.cat([x32.sum((0, 2, 3)), x32.new_full((1,), x.numel() // c)]))
+        n = sums[-1]
+        centred = x32 - (sums[:c] / n).view(shape)
+        var = _SumOverRanks.apply(centred.square().sum((0, 2, 3))) / n
+        with torch.no_grad():  # running statistics as F.batch_norm keeps them (unbiased variance)
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_((sums[:c] / n).to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_((var * n / (n - 1)).to(self.running_var.dtype), self.momentum)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.float().view(shape) + self.bias.float().view(shape)
+        return out.to(x.dtype)
+
+
+def batch_norm_over_ranks(net: nn.Module, world_size: int) -> nn.Module:
+    """``net`` with every BN normalising as it would in one process when each batch is split
+    into ``world_size`` equal slices, one per rank: plain BN shares statistics over the ranks
+    (``CrossRankBatchNorm``); ghost BN already normalises slices of the batch, so each rank
+    keeps ``splits / world_size`` of them and nothing is shared (its running statistics are
+    then rank 0's slices', which DDP broadcasts)."""
+    from .errors import UserError
+
+    for name, child in net.named_children():
+        if isinstance(child, GhostBatchNorm):
+            if child.splits % world_size:
+                raise UserError(f"ghost BN with {child.splits} splits cannot be shared by {world_size} ranks: "
+                                "use a number of ranks that divides it")
+            child.splits //= world_size
+        elif type(child) is nn.BatchNorm2d:
+            shared = CrossRankBatchNorm(child.num_features, eps=child.eps, momentum=child.momentum,
+                                        affine=child.affine, track_running_stats=child.track_running_stats)
+            shared.load_state_dict(child.state_dict())
+            if child.affine:
+                shared.weight.requires_grad_(child.weight.requires_grad)  # frozen scales stay frozen
+            setattr(net, name, shared)
+        else:
+            batch_norm_over_ranks(child, world_size)
+    return net
+
+
 def batch_norm(channels: int, *, ghost_splits: int = 0, scale: str = "ones", eps: float = 1e-5,
                momentum: float = 0.1) -> nn.BatchNorm2d:
     """BN with the ladder's switches: ghost splits, and scale init ``uniform`` (PyTorch 0.4),

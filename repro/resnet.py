@@ -5,6 +5,8 @@
     python -m repro.resnet --stage all                  # post 1's five stages, side by side
     python -m repro.resnet --ladder bag_of_tricks       # a named ladder (post1, dawnbench, bag_of_tricks, airbench, all)
     python -m repro.resnet --stage resnet9:tta          # a range of the ladder
+    torchrun --nproc-per-node 2 -m repro.resnet --stage final --runs 4          # seeds shared over 2 ranks
+    torchrun --nproc-per-node 2 -m repro.resnet --stage final --ddp             # one run over 2 ranks
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .data import SYNTHETIC, CifarArrays, load_cifar10
 from .devices import PRECISIONS, resolve_device, resolve_precision
 from .errors import UserError, cli_main, interrupt_exit_code, interrupt_message
 from .ladder import rich_table
+from .loaders import Shard
 from .train import PHASES, NonFiniteLoss, RunProgress, train_stage
 
 SYNTHETIC_DEFAULT_SIZES = (5000, 1000)
@@ -63,6 +66,9 @@ def parse_args(argv):
                         "work is loading, 1 can be several times faster than 2")
     p.add_argument("--log-dir", default="logs", help="where runs.jsonl is appended (default logs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch rows")
+    p.add_argument("--ddp", action="store_true",
+                   help="under torchrun: train each run over all the ranks with DistributedDataParallel (each "
+                        "rank a slice of every batch, the batch still the stage's) instead of sharing out seeds")
     p.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
                    help="under torchrun: seconds to wait for a rank that stopped reporting before giving up "
                         "on it (default 600)")
@@ -141,9 +147,9 @@ def _progress(console: Console, enabled: bool) -> Progress:
 
 
 def run_one(stage: StageConfig, preset: Preset, data: CifarArrays, *, device, precision, channels_last, seed,
-            args, group_id, preset_reason, console: Console, show: bool, append=None) -> dict:
+            args, group_id, preset_reason, console: Console, show: bool, append=None, shard: Shard = Shard()) -> dict:
     """Train one stage once and append its record (``append(record, log_dir)``, default
-    runlog.append_record), whatever happens."""
+    runlog.append_record), whatever happens. ``shard``: this rank's part of a ``--ddp`` run."""
     record = runlog.new_record(
         "resnet", stage=stage.name, preset=preset.name, preset_reason=preset_reason, seed=seed,
         device=str(device), precision=precision, channels_last=channels_last,
@@ -151,6 +157,7 @@ def run_one(stage: StageConfig, preset: Preset, data: CifarArrays, *, device, pr
         train_images=int(len(data.train_labels)), test_images=int(len(data.test_labels)),
         width_divisor=preset.width_divisor, epochs_planned=run_epochs(preset, stage), group_id=group_id,
         blog_seconds=stage.source.seconds, target_accuracy=preset.target_accuracy, config=stage.as_dict(),
+        **({"ddp_ranks": shard.world_size} if shard.world_size > 1 else {}),
     )
     progress = RunProgress()
     steps_per_epoch = -(-len(data.train_labels) // stage.optimizer.batch_size)
@@ -170,11 +177,15 @@ def run_one(stage: StageConfig, preset: Preset, data: CifarArrays, *, device, pr
         with bar:
             train_stage(stage, preset, data, device=device, precision=precision, channels_last=channels_last,
                         seed=seed, progress=progress, on_step=lambda n: bar.update(task, completed=n),
-                        on_epoch=on_epoch, phase_timing=phase_timing_for(args, device))
+                        on_epoch=on_epoch, phase_timing=phase_timing_for(args, device), shard=shard)
         status = "ok"
     except NonFiniteLoss as exc:
         error = str(exc)
         record["failed_step"] = exc.step
+    except RuntimeError as exc:  # under --ddp: a collective failed, because another rank died or hung
+        if shard.world_size == 1:
+            raise
+        error = f"a collective of the {shard.world_size}-rank run failed ({str(exc).splitlines()[0][:200]})"
     except KeyboardInterrupt as exc:
         status, error, interruption = "interrupted", interrupt_message(exc), exc
     finally:
@@ -247,6 +258,23 @@ def _main(args, console: Console, show: bool, ctx) -> int:
     console.print(f"data: {'[bold red]' if data.synthetic else ''}{data.source_label}{'[/]' if data.synthetic else ''}")
 
     group_id = uuid.uuid4().hex[:12]
+    if args.ddp and ctx is None:
+        raise UserError("--ddp spreads each run over the ranks torchrun starts: "
+                        "torchrun --nproc-per-node P -m repro.resnet ... --ddp")
+    if args.ddp:
+        group_id = distributed.broadcast(ctx, group_id)
+        shard = Shard(ctx.rank, ctx.world_size)
+        console.print(f"--ddp: every run over {ctx.world_size} ranks ({ctx.backend}), each a slice of every batch")
+
+        def append_on_rank0(record, log_dir):
+            if ctx.is_main:
+                runlog.append_record(record, log_dir)
+        code = _run_all(args, stages, preset, data, console, show, device=device, precision=precision,
+                        channels_last=channels_last, group_id=group_id, preset_reason=preset_reason,
+                        append=append_on_rank0, shard=shard)
+        if code == 0:
+            distributed.barrier(ctx)  # no rank tears the group down while another still uses it
+        return code
     if ctx is not None:
         group_id = distributed.broadcast(ctx, group_id)  # one group over all ranks
 
@@ -256,15 +284,21 @@ def _main(args, console: Console, show: bool, ctx) -> int:
                            show=show, append=append)
         return distributed.main_loop(ctx, stages, args, run, console, group_id=group_id,
                                      target=preset.target_accuracy, title=ladder_title, synthetic=data.synthetic)
+    return _run_all(args, stages, preset, data, console, show, device=device, precision=precision,
+                    channels_last=channels_last, group_id=group_id, preset_reason=preset_reason)
+
+
+def _run_all(args, stages, preset, data, console, show, *, append=None, shard: Shard = Shard(), **run_kwargs) -> int:
+    """Every stage, ``--runs`` seeds each, one after another in this process (under ``--ddp``
+    every rank does this together); then the ladder table."""
     records = []
     try:
         for stage in stages:
             if show:
                 console.print(f"[bold]{stage.name}[/bold]: {stage.description}")
             for r in range(args.runs):
-                records.append(run_one(stage, preset, data, device=device, precision=precision,
-                                       channels_last=channels_last, seed=args.seed + r, args=args,
-                                       group_id=group_id, preset_reason=preset_reason, console=console, show=show))
+                records.append(run_one(stage, preset, data, seed=args.seed + r, args=args, console=console,
+                                       show=show, append=append, shard=shard, **run_kwargs))
     except KeyboardInterrupt as exc:
         console.print(f"[yellow]{interrupt_message(exc)}[/yellow]: the unfinished run was logged with status "
                       "'interrupted'")

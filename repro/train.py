@@ -19,8 +19,8 @@ from .data import CifarArrays
 from .devices import PhaseTimer, Precision
 from .errors import signals_deferred
 from .evaluation import evaluate
-from .loaders import eval_batches, make_train_loader, normalise_transpose
-from .nets import PatchWhitening, build_net, fit_whitening
+from .loaders import Shard, batch_sizes, eval_batches, make_train_loader, normalise_transpose
+from .nets import PatchWhitening, batch_norm_over_ranks, build_net, fit_whitening
 
 PHASES = ("preprocessing", "data_wait", "forward_backward", "optimizer_step", "evaluation")
 # which measured seconds each source's clock corresponds to (see SourceSection.timing)
@@ -138,22 +138,26 @@ class EpochStats:
     """An epoch's training loss, correct count and first non-finite step, kept on the device.
 
     Nothing here reads a value back to the host: ``read`` does, once per epoch (cifar10-fast's
-    way), unless the caller asks for ``first_bad_step`` after every step (the sync mode)."""
+    way), unless the caller asks for ``first_bad_step`` after every step (the sync mode). In a
+    run spread over ranks, ``read`` first sums every rank's numbers (one all-reduce), so the
+    losses and counts are the whole batches'."""
 
-    def __init__(self, device: torch.device):
-        self.losses: list[torch.Tensor] = []
+    def __init__(self, device: torch.device, across_ranks: bool = False):
+        self.loss_sums: list[torch.Tensor] = []
         self.sizes: list[int] = []
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.seen = 0
+        self.first_step: int | None = None
+        self.across_ranks = across_ranks
 
     def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """``loss``: this step's mean loss per example (a 0-d tensor); ``step``: the run's step index."""
         loss = loss.detach().float()
-        self.losses.append(loss)
+        if self.first_step is None:
+            self.first_step = step
+        self.loss_sums.append(loss.double() * len(labels))  # exact: loss_sum / size gives back the fp32 loss
         self.sizes.append(len(labels))
         self.correct += (logits.detach().argmax(1) == labels).sum()
-        self.seen += len(labels)
         bad = ~torch.isfinite(loss)
         self.first_bad = torch.where((self.first_bad < 0) & bad, torch.full_like(self.first_bad, step), self.first_bad)
 
@@ -161,14 +165,25 @@ class EpochStats:
         step = int(self.first_bad.item())
         return None if step < 0 else step
 
-    def read(self) -> tuple[list[float], int, int | None]:
-        """(per-step losses, correct count, first non-finite step or None): one host read."""
-        if not self.losses:
-            return [], 0, None
-        values = torch.cat([torch.stack(self.losses).double(), self.correct.double().view(1),
-                            self.first_bad.double().view(1)]).tolist()
-        bad = int(values[-1])
-        return values[:-2], int(values[-2]), None if bad < 0 else bad
+    def last_loss(self) -> float:
+        return (self.loss_sums[-1] / self.sizes[-1]).item()
+
+    def read(self) -> tuple[list[float], list[int], int, int | None]:
+        """(per-step mean losses, per-step batch sizes, correct count, first non-finite step or
+        None): one host read."""
+        if not self.loss_sums:
+            return [], [], 0, None
+        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=self.correct.device)
+        values = torch.cat([torch.stack(self.loss_sums), sizes, self.correct.double().view(1)])
+        if self.across_ranks:
+            import torch.distributed as dist
+
+            dist.all_reduce(values)
+        values, steps = values.tolist(), len(self.sizes)
+        totals = [int(n) for n in values[steps:2 * steps]]
+        losses = [loss_sum / n for loss_sum, n in zip(values[:steps], totals)]
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        return losses, totals, int(values[-1]), None if bad is None else self.first_step + bad
 
 
 def _to_device(x, y, device, channels_last):
@@ -196,6 +211,23 @@ def _timed(batches, timer: PhaseTimer, device, channels_last):
         start = timer.now()
 
 
+def data_parallel(net: nn.Module, device: torch.device, ranks: int) -> nn.Module:
+    """``net`` under DistributedDataParallel when the run is spread over ranks (it averages the
+    ranks' gradients during the backward pass); ``net`` itself otherwise."""
+    if ranks == 1:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+
+
+def rank_loss_weight(rank_images: int, batch_images: int, ranks: int, opt: OptimizerSection) -> float:
+    """What a rank's loss is multiplied by so that DDP's average of the ranks' gradients is the
+    gradient of the whole batch's loss: a mean over this rank's images becomes its share of the
+    mean over the batch; a sum needs only DDP's division by the number of ranks undone."""
+    return ranks * (rank_images / batch_images if opt.loss_reduction == "mean" else 1.0)
+
+
 def _whitening_bias(net: nn.Module) -> list[nn.Parameter]:
     return [m.bias for m in net.modules() if isinstance(m, PatchWhitening) and m.bias is not None]
 
@@ -213,10 +245,15 @@ def train_stage(
     on_step: Callable[[int], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     phase_timing: str = "sync",
+    shard: Shard = Shard(),
 ) -> RunProgress:
     """``phase_timing``: ``sync`` times every phase (on CUDA a synchronisation per phase, which
     serialises loader and GPU) and checks each step's loss at once; ``deferred`` keeps the step
-    statistics on the device and synchronises once per epoch (see ``PhaseTimer``)."""
+    statistics on the device and synchronises once per epoch (see ``PhaseTimer``).
+
+    ``shard``: this rank's part of one run spread over ranks (``--ddp``, the process group
+    already formed): each rank trains on its slice of every batch under DistributedDataParallel,
+    with BN statistics and loss weights that keep the whole-batch arithmetic of one process."""
     if phase_timing not in TIMING_MODES:
         raise ValueError(f"phase_timing must be one of {TIMING_MODES}, not {phase_timing!r}")
     torch.manual_seed(seed)
@@ -226,14 +263,18 @@ def train_stage(
     progress.summary["phase_timing"] = phase_timing + (
         " (per-phase seconds of a CUDA run serialise the loader with the GPU)" if phase_timing == "sync"
         else " (one synchronisation per epoch; per-phase seconds on CUDA are host launch times)")
-    net = build_stage_net(stage, preset).to(device)
+    ranks = shard.world_size
+    net = build_stage_net(stage, preset)
+    if ranks > 1:
+        net = batch_norm_over_ranks(net, ranks)
+    net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     progress.summary["bn_precision"] = cast_batch_norm(net, amp, stage.precision.bn_fp32)
 
     with timer.phase("preprocessing"):  # DAWNBench and airbench count data preparation and whitening
         train = make_train_loader(stage.loader, data.train_images, data.train_labels,
-                                  batch_size=opt_cfg.batch_size, seed=seed, device=device)
+                                  batch_size=opt_cfg.batch_size, seed=seed, device=device, shard=shard)
         whitened = fit_whitening(net, torch.from_numpy(normalise_transpose(data.train_images[:10_000])))
     batch_size = train.batch_size
     test = eval_batches(data.test_images, data.test_labels, opt_cfg.batch_size)
@@ -245,9 +286,13 @@ def train_stage(
                if stage.ema.kind != "none" else None)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    flops_per_step = warm_up_and_count_flops(net, opt_cfg, batch_size, device, channels_last, amp)
+    # every rank counts its own slice's FLOPs; the run's are the ranks' together
+    flops_per_step = ranks * warm_up_and_count_flops(net, opt_cfg, len(shard.take(range(batch_size))), device,
+                                                     channels_last, amp)
     progress.summary.update(steps_planned=steps_total, steps_per_epoch=steps_per_epoch, epochs_planned=epochs,
                             batch_size=batch_size, whitening=whitened)
+    model = data_parallel(net, device, ranks)
+    whole_batches = batch_sizes(len(data.train_labels), batch_size, stage.loader.drop_last, ranks)
 
     def to_device(x, y):
         return _to_device(x, y, device, channels_last)
@@ -256,23 +301,27 @@ def train_stage(
     net.train()
     for epoch in range(math.ceil(epochs)):
         if opt_cfg.freeze_whitening_bias_after and epoch >= opt_cfg.freeze_whitening_bias_after:
-            for bias in _whitening_bias(net):
+            frozen = [bias for bias in _whitening_bias(net) if bias.requires_grad]
+            for bias in frozen:
                 bias.requires_grad_(False)  # SGD skips a parameter without a gradient
+            if frozen:
+                model = data_parallel(net, device, ranks)  # DDP fixes its trained parameters when it wraps
         before = timer.snapshot()
         rng_calls_before = train.rng_calls
         epoch_start = timer.now(sync=True)
-        stats = EpochStats(device)
-        for x, y in _timed(train, timer, device, channels_last):
+        stats = EpochStats(device, across_ranks=ranks > 1)
+        for step_in_epoch, (x, y) in enumerate(_timed(train, timer, device, channels_last)):
             lr = stage.schedule.lr_at(progress.steps_done / steps_per_epoch, epochs)
             set_lr(optimizer, lr)
             with timer.phase("forward_backward"):
                 with amp.autocast():
-                    logits = net(x)
+                    logits = model(x)
                     loss = loss_fn(logits, y, opt_cfg)
-                amp.backward(loss)
+                amp.backward(loss if ranks == 1 else
+                             loss * rank_loss_weight(len(y), whole_batches[step_in_epoch], ranks, opt_cfg))
             stats.add(progress.steps_done, loss / len(y) if opt_cfg.loss_reduction == "sum" else loss, logits, y)
             if phase_timing == "sync" and stats.first_bad_step() is not None:
-                raise NonFiniteLoss(progress.steps_done, epoch + 1, stats.losses[-1].item())
+                raise NonFiniteLoss(progress.steps_done, epoch + 1, stats.last_loss())
             with timer.phase("optimizer_step"):
                 amp.step(optimizer)
                 optimizer.zero_grad(set_to_none=True)
@@ -283,12 +332,12 @@ def train_stage(
                 on_step(progress.steps_done)
             if progress.steps_done >= steps_total:
                 break
-        losses, correct, bad_step = stats.read()
+        losses, sizes, correct, bad_step = stats.read()
         progress.step_losses += losses
         if bad_step is not None:
             raise NonFiniteLoss(bad_step, epoch + 1, losses[bad_step - (progress.steps_done - len(losses))])
-        seen = stats.seen
-        train_loss = sum(l * n for l, n in zip(losses, stats.sizes)) / max(seen, 1)
+        seen = sum(sizes)
+        train_loss = sum(l * n for l, n in zip(losses, sizes)) / max(seen, 1)
         with timer.phase("evaluation"):
             evaluated = average.model_to_evaluate() if average else net
             test_loss, test_acc = evaluate(evaluated, test, to_device=to_device, autocast=amp.autocast)

@@ -7,11 +7,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from repro import distributed, resnet
+from repro.config import OptimizerSection, load_preset, load_stage
+from repro.loaders import Shard, batch_sizes, make_train_loader
+from repro.nets import batch_norm_over_ranks
 from repro.runlog import read_records
+from repro.train import build_stage_net, data_parallel, loss_fn, rank_loss_weight
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--stage", "final", "--preset", "smoke", "--data", "synthetic", "--precision", "fp32"]
@@ -154,3 +159,167 @@ def test_a_failed_run_on_a_rank_is_recorded_once_as_failed(tmp_path):
     assert sorted((r["seed"], r["rank"], r["status"]) for r in recs) == [(0, 0, "failed"), (1, 1, "failed")]
     assert all(isinstance(r["failed_step"], int) for r in recs)
     assert "error: explode seed 1 (rank 1): failed" in err
+
+
+# ---- --ddp: one run spread over the ranks
+
+
+def test_shards_are_disjoint_and_together_the_batch():
+    for n in range(2, 40):
+        for world in (2, 3, 4):
+            if n < world:
+                continue
+            parts = [Shard(r, world).take(list(range(n))) for r in range(world)]
+            assert [i for part in parts for i in part] == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert batch_sizes(10, 4, drop_last=False) == [4, 4, 2]
+    assert batch_sizes(10, 4, drop_last=True) == [4, 4]
+    assert batch_sizes(9, 4, drop_last=False, ranks=2) == [4, 4]  # a last image cannot be split over 2 ranks
+
+
+@pytest.mark.parametrize("stage", ["final", "resnet9"])  # the DataLoader backend and the device backend
+def test_each_rank_loads_its_slice_of_the_same_batches(stage):
+    loader_cfg = load_stage(stage).loader
+    images = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(50)  # the label is the image index
+
+    def epoch(shard):
+        batches = make_train_loader(loader_cfg, images, labels, batch_size=16, seed=4, device=torch.device("cpu"),
+                                    shard=shard)
+        return [(x, y) for x, y in batches], len(batches)
+
+    whole, steps = epoch(Shard())
+    parts = [epoch(Shard(r, 2)) for r in range(2)]
+    assert steps == len(batch_sizes(50, 16, loader_cfg.drop_last)) >= 3 and all(n == steps for _, n in parts)
+    for step, (x, y) in enumerate(whole):
+        (x0, y0), (x1, y1) = parts[0][0][step], parts[1][0][step]
+        assert torch.equal(torch.cat([y0, y1]), y) and not set(y0.tolist()) & set(y1.tolist())
+        torch.testing.assert_close(torch.cat([x0, x1]), x)  # same crops and flips on every rank
+
+
+def test_rank_loss_weights_make_the_average_of_ranks_the_batch_loss():
+    """DDP averages the ranks' gradients; weighted rank losses must average to the batch loss."""
+    per_image = torch.rand(11, dtype=torch.float64)
+    for reduction in ("mean", "sum"):
+        opt = OptimizerSection(loss_reduction=reduction)
+        whole = per_image.mean() if reduction == "mean" else per_image.sum()
+        for world in (2, 3):
+            parts = [Shard(r, world).take(per_image) for r in range(world)]
+            rank_losses = [(p.mean() if reduction == "mean" else p.sum()) * rank_loss_weight(len(p), 11, world, opt)
+                           for p in parts]
+            assert sum(rank_losses) / world == pytest.approx(float(whole), rel=1e-12)
+
+
+def _ddp_one_step(rank, world, port, stage_name, out_dir):
+    """One rank of a 2-rank --ddp step on a fixed batch; rank 0 saves the gradients."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        stage, preset = load_stage(stage_name), load_preset("smoke")
+        torch.manual_seed(0)
+        net = batch_norm_over_ranks(build_stage_net(stage, preset), world)
+        model = data_parallel(net, torch.device("cpu"), world)
+        x, y = _fixed_batch(stage, Shard(rank, world))
+        loss = loss_fn(model(x), y, stage.optimizer) * rank_loss_weight(len(y), 64, world, stage.optimizer)
+        loss.backward()
+        if rank == 0:
+            torch.save({"grads": {n: p.grad for n, p in net.named_parameters() if p.grad is not None},
+                        "buffers": dict(net.named_buffers())}, out_dir / "ddp.pt")
+        del model
+        dist.barrier()  # no rank tears the group down while another still uses it
+    finally:
+        dist.destroy_process_group()
+
+
+def _fixed_batch(stage, shard):
+    images = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    labels = np.random.default_rng(2).integers(0, 10, 64)
+    batches = make_train_loader(stage.loader, images, labels, batch_size=64, seed=0, device=torch.device("cpu"),
+                                shard=shard)
+    return next(iter(batches))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage_name", ["final", "resnet9", "ghost_bn", "airbench94"])  # BN, ghost BN, summed loss
+def test_ddp_gradients_after_one_step_equal_the_whole_batch_step(stage_name, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_one_step, args=(2, port, stage_name, tmp_path), nprocs=2, start_method="spawn")
+    ddp = torch.load(tmp_path / "ddp.pt")
+
+    stage = load_stage(stage_name)
+    torch.manual_seed(0)
+    net = build_stage_net(stage, load_preset("smoke"))
+    x, y = _fixed_batch(stage, Shard())
+    loss_fn(net(x), y, stage.optimizer).backward()
+    grads = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    assert grads.keys() == ddp["grads"].keys() and len(grads) > 10
+    for name, grad in grads.items():
+        torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    for name, buf in net.named_buffers():  # BN running statistics: the whole batch's (rank 0's slices for ghost BN)
+        if "running" in name and stage_name != "ghost_bn":
+            torch.testing.assert_close(ddp["buffers"][name], buf, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_ddp_smoke_run_learns_and_follows_the_single_process_run(tmp_path, monkeypatch):
+    args = [*SMOKE, "--epochs", "3", "--quiet"]
+    proc = _torchrun([*args, "--ddp", "--runs", "2", "--log-dir", str(tmp_path / "ddp")])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    recs = _records_once_each(tmp_path / "ddp")
+    assert [r["seed"] for r in recs] == [0, 1] and all(r["ddp_ranks"] == 2 for r in recs)
+    assert out.count("p(time)") == 1  # rank 0's table only
+    for r in recs:
+        losses = [e["train_loss"] for e in r["epochs"]]
+        assert losses[-1] < 0.9 * losses[0]  # it learns
+        assert r["train_images"] == 512 and r["steps"] == r["steps_planned"]
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        assert resnet.main([*args, "--runs", "2", "--threads", "1", "--log-dir", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    single = {r["seed"]: r for r in read_records(tmp_path / "one" / "runs.jsonl")}
+    for r in recs:
+        # the same arithmetic up to the order of float sums: the first epoch agrees to 1e-4; later ones drift
+        # apart as far as a one-process run on 1 thread and on 2 drift (~1% after 12 steps of this tiny net)
+        first, alone = r["epochs"][0], single[r["seed"]]["epochs"][0]
+        assert first["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-4)
+        assert r["epochs"][-1]["train_loss"] == pytest.approx(single[r["seed"]]["epochs"][-1]["train_loss"], rel=0.1)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_ddp_run_and_rank_0_records_it_once(tmp_path):
+    proc = _torchrun([*SMOKE, "--epochs", "30", "--ddp", "--dist-timeout", "20", "--log-dir", str(tmp_path / "log")])
+    try:
+        for line in proc.stdout:
+            if "epoch   2" in line:
+                break
+        victim = _children_with_rank(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        start = time.monotonic()
+        proc.communicate(timeout=90)
+        assert time.monotonic() - start < 30  # torchrun stops rank 0, well within --dist-timeout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    (rec,) = _records_once_each(tmp_path / "log")
+    assert rec["status"] in ("interrupted", "failed") and rec["ddp_ranks"] == 2 and 2 <= len(rec["epochs"]) < 30
+
+
+def test_ddp_without_torchrun_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resnet.main([*SMOKE, "--ddp", "--log-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--ddp spreads each run over the ranks torchrun starts" in err and "Traceback" not in err
