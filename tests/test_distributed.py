@@ -100,24 +100,29 @@ def _children_with_rank(parent: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.slow
-def test_a_killed_rank_is_recorded_failed_and_the_others_do_not_hang(tmp_path):
-    proc = _torchrun([*SMOKE, "--epochs", "3", "--runs", "4", "--dist-timeout", "5",
-                      "--log-dir", str(tmp_path / "log")])
+def _kill_rank_1_after(proc, marker: str) -> tuple[str, str, float]:
+    """Once rank 0 prints ``marker``, SIGKILL rank 1; (stdout, stderr, seconds until torchrun exits)."""
     try:
-        # rank 0 prints its epoch rows; both ranks started their first run together
-        for line in proc.stdout:
-            if "epoch   1" in line:
+        for line in proc.stdout:  # rank 0 prints its epoch rows
+            if marker in line:
                 break
         victim = _children_with_rank(proc.pid, 1)
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
         start = time.monotonic()
         out, err = proc.communicate(timeout=90)
-        assert time.monotonic() - start < 60
+        return out, err, time.monotonic() - start
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_recorded_failed_and_the_others_do_not_hang(tmp_path):
+    proc = _torchrun([*SMOKE, "--epochs", "3", "--runs", "4", "--dist-timeout", "5",
+                      "--log-dir", str(tmp_path / "log")])
+    out, err, seconds = _kill_rank_1_after(proc, "epoch   1")  # both ranks started their first run together
+    assert seconds < 60
     assert proc.returncode != 0
     recs = _records_once_each(tmp_path / "log")
     lost = [r for r in recs if r["rank"] == 1 and r["status"] != "ok"]
@@ -300,19 +305,8 @@ def test_ddp_smoke_run_learns_and_follows_the_single_process_run(tmp_path, monke
 @pytest.mark.slow
 def test_a_killed_rank_stops_the_ddp_run_and_rank_0_records_it_once(tmp_path):
     proc = _torchrun([*SMOKE, "--epochs", "30", "--ddp", "--dist-timeout", "20", "--log-dir", str(tmp_path / "log")])
-    try:
-        for line in proc.stdout:
-            if "epoch   2" in line:
-                break
-        victim = _children_with_rank(proc.pid, 1)
-        assert victim is not None
-        os.kill(victim, signal.SIGKILL)
-        start = time.monotonic()
-        proc.communicate(timeout=90)
-        assert time.monotonic() - start < 30  # torchrun stops rank 0, well within --dist-timeout
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _, _, seconds = _kill_rank_1_after(proc, "epoch   2")
+    assert seconds < 30  # torchrun stops rank 0, well within --dist-timeout
     assert proc.returncode != 0
     (rec,) = _records_once_each(tmp_path / "log")
     assert rec["status"] in ("interrupted", "failed") and rec["ddp_ranks"] == 2 and 2 <= len(rec["epochs"]) < 30
