@@ -1,0 +1,88 @@
+"""Where a stage's training steps spend their time, by operator (torch.profiler).
+
+    python scripts/profile_stage.py --stage airbench94 --preset full --data ../shared/data/cifar10-jpeg.tar.gz
+    python scripts/profile_stage.py --stage tta --preset cpu --steps 10 --sort self_cpu_time_total
+
+Runs the stage through the one training loop, lets ``--skip`` steps pass (warm-up), profiles the
+next ``--steps`` steps (loader, forward, backward, optimizer, EMA) and stops. Prints the operators
+with the most time and the seconds per profiled step. A diagnostic, not a timing record: nothing
+is appended to the run log, and profiling itself adds overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+from repro.config import load_preset, load_stage, run_epochs
+from repro.data import SYNTHETIC, load_cifar10
+from repro.devices import PRECISIONS, resolve_device, resolve_precision
+from repro.errors import UserError
+from repro.train import RunProgress, train_stage
+
+
+class _Enough(Exception):
+    """Raised from the step callback once the profiled steps are done."""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", default="final")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--data", default=SYNTHETIC)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: the preset's choice)")
+    p.add_argument("--skip", type=int, default=3, help="steps run before profiling starts (default 3)")
+    p.add_argument("--steps", type=int, default=10, help="steps profiled (default 10)")
+    p.add_argument("--sort", default="self_cpu_time_total", help="key_averages sort key")
+    p.add_argument("--rows", type=int, default=25)
+    args = p.parse_args(argv)
+    try:
+        stage, preset = load_stage(args.stage), load_preset(args.preset)
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.precision, device)
+        data = load_cifar10(args.data, synthetic_sizes=(preset.train_images or 5000, preset.test_images or 1000))
+        data = data.subset(preset.train_images, preset.test_images, seed=0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    profiler = torch.profiler.profile(activities=activities)
+    started: list[float] = []
+
+    def on_step(done: int) -> None:
+        if done == args.skip:
+            profiler.start()
+            started.append(time.perf_counter())
+        elif done == args.skip + args.steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            started.append(time.perf_counter())
+            profiler.stop()
+            raise _Enough
+
+    # enough epochs for skip + steps, whatever the stage's length
+    preset = replace(preset, epochs=max(run_epochs(preset, stage), 1.0) * 4)
+    try:
+        train_stage(stage, preset, data, device=device, precision=precision, channels_last=preset.channels_last if args.channels_last is None else args.channels_last,
+                    seed=0, progress=RunProgress(), on_step=on_step)
+    except _Enough:
+        pass
+    else:
+        print(f"error: the run ended before {args.skip + args.steps} steps", file=sys.stderr)
+        return 1
+    print(profiler.key_averages().table(sort_by=args.sort, row_limit=args.rows))
+    print(f"{args.stage}, preset {preset.name}, {device}, {precision}: "
+          f"{(started[1] - started[0]) / args.steps:.3f} s per profiled step (with the profiler's overhead)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
