@@ -232,6 +232,9 @@ def main(argv=None) -> int:
 
 
 def _main(args, console: Console, show: bool, ctx) -> int:
+    if args.ddp and ctx is None:
+        raise UserError("--ddp spreads each run over the ranks torchrun starts: "
+                        "torchrun --nproc-per-node P -m repro.resnet ... --ddp")
     if ctx is not None and not ctx.is_main:
         console.quiet = True  # ranks > 0 print nothing but errors (stderr)
     device = ctx.device if ctx is not None else resolve_device(args.device)
@@ -258,9 +261,6 @@ def _main(args, console: Console, show: bool, ctx) -> int:
     console.print(f"data: {'[bold red]' if data.synthetic else ''}{data.source_label}{'[/]' if data.synthetic else ''}")
 
     group_id = uuid.uuid4().hex[:12]
-    if args.ddp and ctx is None:
-        raise UserError("--ddp spreads each run over the ranks torchrun starts: "
-                        "torchrun --nproc-per-node P -m repro.resnet ... --ddp")
     if args.ddp:
         group_id = distributed.broadcast(ctx, group_id)
         shard = Shard(ctx.rank, ctx.world_size)
