@@ -11,7 +11,7 @@ from repro import resnet
 from repro.config import load_preset, load_stage
 from repro.data import make_synthetic
 from repro.devices import Precision
-from repro.loaders import Crop, FlipLR, normalise_pad_transpose
+from repro.loaders import Crop, DeviceBatches, FlipLR, normalise_pad_transpose
 from repro.train import RunProgress, _to_device, train_stage
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -100,6 +100,19 @@ def test_dali_gpu_pipeline_equals_the_torch_crop_and_flip():
         np.testing.assert_allclose(images.cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
         seen += len(idx)
     assert seen == 100
+
+
+@pytest.mark.parametrize("choices, cutout", [("grouped", 8), ("per_image", 0)])
+def test_device_loader_on_cuda_gives_the_cpu_batches(choices, cutout):
+    """Same seed, same choices (drawn on the host): the gather on the GPU equals the one on the CPU."""
+    x = np.random.default_rng(0).integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
+    kwargs = dict(batch_size=64, seed=5, pad=4, flip="random", cutout=cutout, choices=choices)
+    on_gpu = DeviceBatches(x, np.arange(300), device=CUDA, **kwargs)
+    on_cpu = DeviceBatches(x, np.arange(300), device=torch.device("cpu"), **kwargs)
+    for _ in range(2):  # two epochs: fresh choices each
+        for (xg, yg), (xc, yc) in zip(on_gpu, on_cpu):
+            assert xg.device.type == "cuda" and torch.equal(yg.cpu(), yc)
+            torch.testing.assert_close(xg.cpu(), xc)
 
 
 def test_one_epoch_of_final_on_cuda(tmp_path):
