@@ -29,7 +29,7 @@ from .devices import PRECISIONS, resolve_device, resolve_precision
 from .errors import UserError, cli_main, interrupt_exit_code, interrupt_message
 from .ladder import rich_table
 from .loaders import Shard
-from .train import PHASES, NonFiniteLoss, RunProgress, train_stage
+from .train import PHASES, NonFiniteLoss, RunProgress, check_split_over_ranks, train_stage
 
 SYNTHETIC_DEFAULT_SIZES = (5000, 1000)
 
@@ -245,6 +245,9 @@ def _main(args, console: Console, show: bool, ctx) -> int:
         preset = replace(preset, epochs=args.epochs)
     channels_last = preset.channels_last if args.channels_last is None else args.channels_last
     stages = [load_stage(name) for name in select_stages(args)]  # every config is checked before any training
+    if args.ddp:
+        for stage in stages:
+            check_split_over_ranks(stage, preset, ctx.world_size)
     runlog.check_log_dir(args.log_dir)  # a bad log dir fails now, not after the training it would lose
 
     if ctx is not None and ctx.local_rank != 0:

@@ -17,7 +17,7 @@ from .averaging import WeightAverage
 from .config import OptimizerSection, Preset, StageConfig, run_epochs, total_steps
 from .data import CifarArrays
 from .devices import PhaseTimer, Precision
-from .errors import signals_deferred
+from .errors import UserError, signals_deferred
 from .evaluation import evaluate
 from .loaders import Shard, batch_sizes, eval_batches, make_train_loader, normalise_transpose
 from .nets import PatchWhitening, batch_norm_over_ranks, build_net, fit_whitening
@@ -209,6 +209,22 @@ def _timed(batches, timer: PhaseTimer, device, channels_last):
         timer.totals["data_wait"] += timer.now() - start
         yield x, y
         start = timer.now()
+
+
+def check_split_over_ranks(stage: StageConfig, preset: Preset, ranks: int) -> None:
+    """A UserError now, before any data or training, if ``stage`` cannot be one run over
+    ``ranks`` ranks (``--ddp``): the loader must be able to shard, every rank needs images, and
+    ghost BN's splits must divide among the ranks (checked by the conversion itself)."""
+    if stage.loader.backend == "dali":
+        raise UserError(f"stage {stage.name}: --ddp needs loader.backend = \"device\" or \"dataloader\", "
+                        "not \"dali\"")
+    batch = min(stage.optimizer.batch_size, preset.train_images or stage.optimizer.batch_size)
+    if batch < ranks:
+        raise UserError(f"stage {stage.name}: a batch of {batch} cannot be split over {ranks} ranks")
+    try:
+        batch_norm_over_ranks(build_stage_net(stage, preset), ranks)
+    except UserError as exc:
+        raise UserError(f"stage {stage.name}: {exc}") from None
 
 
 def data_parallel(net: nn.Module, device: torch.device, ranks: int) -> nn.Module:

@@ -16,7 +16,8 @@ from repro.config import OptimizerSection, load_preset, load_stage
 from repro.loaders import Shard, batch_sizes, make_train_loader
 from repro.nets import batch_norm_over_ranks
 from repro.runlog import read_records
-from repro.train import build_stage_net, data_parallel, loss_fn, rank_loss_weight
+from repro.errors import UserError
+from repro.train import build_stage_net, check_split_over_ranks, data_parallel, loss_fn, rank_loss_weight
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--stage", "final", "--preset", "smoke", "--data", "synthetic", "--precision", "fp32"]
@@ -310,6 +311,32 @@ def test_a_killed_rank_stops_the_ddp_run_and_rank_0_records_it_once(tmp_path):
     assert proc.returncode != 0
     (rec,) = _records_once_each(tmp_path / "log")
     assert rec["status"] in ("interrupted", "failed") and rec["ddp_ranks"] == 2 and 2 <= len(rec["epochs"]) < 30
+
+
+def test_stages_that_cannot_be_split_over_the_ranks_are_refused_before_training(tmp_path):
+    smoke = load_preset("smoke")
+    check_split_over_ranks(load_stage("ghost_bn"), smoke, 2)  # 16 splits: 8 per rank
+    with pytest.raises(UserError, match="ghost BN with 16 splits cannot be shared by 3 ranks"):
+        check_split_over_ranks(load_stage("ghost_bn"), smoke, 3)
+    with pytest.raises(UserError, match="a batch of 128 cannot be split over 200 ranks"):
+        check_split_over_ranks(load_stage("final"), smoke, 200)
+    dali = tmp_path / "dali.toml"
+    dali.write_text('extends = "final"\n[loader]\nbackend = "dali"\n')
+    with pytest.raises(UserError, match='stage dali: --ddp needs loader.backend = "device" or "dataloader"'):
+        check_split_over_ranks(load_stage(str(dali)), smoke, 2)
+
+
+@pytest.mark.slow
+def test_ddp_with_a_stage_it_cannot_split_is_a_one_line_error_and_no_record(tmp_path):
+    dali = tmp_path / "dali.toml"
+    dali.write_text('extends = "final"\n[loader]\nbackend = "dali"\n')
+    args = [a if a != "final" else str(dali) for a in SMOKE]
+    proc = _torchrun([*args, "--ddp", "--quiet", "--log-dir", str(tmp_path / "log")])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert 'error: stage dali: --ddp needs loader.backend = "device" or "dataloader", not "dali"' in err
+    assert "repro/" not in err  # no frame of ours (torchrun prints its own ChildFailedError traceback)
+    assert not (tmp_path / "log" / "runs.jsonl").exists()
 
 
 def test_ddp_without_torchrun_is_a_one_line_error(monkeypatch, capsys, tmp_path):
