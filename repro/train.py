@@ -135,10 +135,10 @@ def warm_up_and_count_flops(net: nn.Module, opt: OptimizerSection, batch_size: i
 
 
 class EpochStats:
-    """An epoch's training loss, correct count and first non-finite step, kept on the device.
+    """An epoch's training losses and correct count, kept on the device.
 
     Nothing here reads a value back to the host: ``read`` does, once per epoch (cifar10-fast's
-    way), unless the caller asks for ``first_bad_step`` after every step (the sync mode). In a
+    way), unless the caller asks for ``last_loss`` after every step (the sync mode). In a
     run spread over ranks, ``read`` first sums every rank's numbers (one all-reduce), so the
     losses and counts are the whole batches'."""
 
@@ -146,7 +146,6 @@ class EpochStats:
         self.loss_sums: list[torch.Tensor] = []
         self.sizes: list[int] = []
         self.correct = torch.zeros((), dtype=torch.long, device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.first_step: int | None = None
         self.across_ranks = across_ranks
 
@@ -158,12 +157,6 @@ class EpochStats:
         self.loss_sums.append(loss.double() * len(labels))  # exact: loss_sum / size gives back the fp32 loss
         self.sizes.append(len(labels))
         self.correct += (logits.detach().argmax(1) == labels).sum()
-        bad = ~torch.isfinite(loss)
-        self.first_bad = torch.where((self.first_bad < 0) & bad, torch.full_like(self.first_bad, step), self.first_bad)
-
-    def first_bad_step(self) -> int | None:
-        step = int(self.first_bad.item())
-        return None if step < 0 else step
 
     def last_loss(self) -> float:
         return (self.loss_sums[-1] / self.sizes[-1]).item()
@@ -336,8 +329,8 @@ def train_stage(
                 amp.backward(loss if ranks == 1 else
                              loss * rank_loss_weight(len(y), whole_batches[step_in_epoch], ranks, opt_cfg))
             stats.add(progress.steps_done, loss / len(y) if opt_cfg.loss_reduction == "sum" else loss, logits, y)
-            if phase_timing == "sync" and stats.first_bad_step() is not None:
-                raise NonFiniteLoss(progress.steps_done, epoch + 1, stats.last_loss())
+            if phase_timing == "sync" and not math.isfinite(last := stats.last_loss()):
+                raise NonFiniteLoss(progress.steps_done, epoch + 1, last)
             with timer.phase("optimizer_step"):
                 amp.step(optimizer)
                 optimizer.zero_grad(set_to_none=True)
@@ -351,7 +344,7 @@ def train_stage(
         losses, sizes, correct, bad_step = stats.read()
         progress.step_losses += losses
         if bad_step is not None:
-            raise NonFiniteLoss(bad_step, epoch + 1, losses[bad_step - (progress.steps_done - len(losses))])
+            raise NonFiniteLoss(bad_step, epoch + 1, losses[bad_step - stats.first_step])
         seen = sum(sizes)
         train_loss = sum(l * n for l, n in zip(losses, sizes)) / max(seen, 1)
         with timer.phase("evaluation"):
