@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from repro.errors import UserError
-from repro.loaders import MEAN, PAD, SIZE, STD, CountingRNG
+from repro.loaders import MEAN, PAD, SIZE, STD, CountingRNG, batch_sizes
 
 INSTALL_HINT = "the dali loader backend needs NVIDIA DALI: pip install 'repro[dali]'"
 
@@ -74,8 +74,7 @@ class DaliBatches:
         return self.rng.calls
 
     def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(batch_sizes(len(self.labels), self.batch_size, self.drop_last))
 
     def draw_epoch(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-image crop offsets (N, 2) as (dy, dx) and flips (N,), in data order."""
