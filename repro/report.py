@@ -14,12 +14,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import ladder as ladders
-from .config import available_presets, load_preset, load_stage
 from .errors import UserError, cli_main
+from .resnet import ladder as ladders
+from .resnet.config import available_presets, load_preset, load_stage
 from .runlog import read_records
 
-PRODUCERS = ("python -m repro.resnet --stage all --preset cpu --data ../shared/data/cifar10-jpeg.tar.gz",
+PRODUCERS = ("python -m repro.resnet --stage all --preset cpu --data PATH/cifar10-jpeg.tar.gz",
              "python -m repro.autoencoder")
 PRESET_ORDER = ("full", "cpu", "loaderbound", "smoke")
 

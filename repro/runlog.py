@@ -8,9 +8,11 @@ truncated away under the same lock. Readers skip and count lines that are not re
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import errno
 import fcntl
+import functools
 import json
 import math
 import os
@@ -42,6 +44,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
+@functools.cache
 def git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
@@ -71,7 +74,13 @@ def _cpu_model() -> str:
 
 
 def hardware_info() -> dict[str, Any]:
-    """What the numbers were measured on; CUDA is queried only if torch says it exists."""
+    """What the numbers were measured on (a fresh copy each call; the lookup is made once per
+    process); CUDA is queried only if torch says it exists."""
+    return copy.deepcopy(_hardware_info())
+
+
+@functools.cache
+def _hardware_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -90,25 +99,32 @@ def hardware_info() -> dict[str, Any]:
     return info
 
 
-def new_record(experiment: str, **fields: Any) -> dict[str, Any]:
-    """The fields every record carries, plus the caller's own."""
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
-    record: dict[str, Any] = {
+def record_header(experiment: str) -> dict[str, Any]:
+    """The fields every record carries: a fresh id and time; the commit, torch version and
+    hardware are looked up once per process."""
+    return {
         "run_id": uuid.uuid4().hex[:12],
         "experiment": experiment,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
-        "torch_version": torch_version,
+        "torch_version": _torch_version(),
         "git_commit": git_commit(),
         "hardware": hardware_info(),
     }
-    record.update(fields)
-    return record
+
+
+def new_record(experiment: str, **fields: Any) -> dict[str, Any]:
+    """The header every record carries, plus the caller's own fields."""
+    return {**record_header(experiment), **fields}
+
+
+@functools.cache
+def _torch_version() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
 
 
 def log_path(log_dir: str | os.PathLike | None = None) -> Path:

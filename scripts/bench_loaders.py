@@ -2,7 +2,7 @@
 and post 8's device-resident grouped loader), side by side, against a torchvision per-image
 DataLoader. Prints images/s and the ratio to the torchvision loader.
 
-    python scripts/bench_loaders.py --data ../shared/data/cifar10-jpeg.tar.gz --images 20000
+    python scripts/bench_loaders.py --data PATH/cifar10-jpeg.tar.gz --images 20000
     python scripts/bench_loaders.py --data synthetic
 
 No model runs: this isolates the data path that stages 3-5 of post 1 speed up. Modes run
@@ -20,10 +20,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from repro.config import available_stages, load_stage
+from repro.resnet.config import available_stages, load_stage
 from repro.data import SYNTHETIC, load_cifar10
 from repro.errors import UserError
-from repro.loaders import MEAN, STD, make_train_loader
+from repro.resnet.loaders import MEAN, STD, make_train_loader
 
 
 class TorchvisionPerImage(torch.utils.data.Dataset):

@@ -3,7 +3,7 @@
 # with their records in a log dir of their own, then the comparison with the blog.
 #
 #   scripts/gpu_check.sh [DATA] [LOG_DIR]
-#     DATA     a CIFAR-10 source for repro.resnet --data (default ../shared/data/cifar10-jpeg.tar.gz)
+#     DATA     a CIFAR-10 source for repro.resnet --data (default: the copy beside a development checkout, ../shared/data/cifar10-jpeg.tar.gz)
 #     LOG_DIR  where the records go (default logs/gpu-check-<UTC date and time>)
 #
 # Commit the records under logs/reference/ afterwards if they are to be the reference.

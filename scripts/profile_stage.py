@@ -1,6 +1,6 @@
 """Where a stage's training steps spend their time, by operator (torch.profiler).
 
-    python scripts/profile_stage.py --stage airbench94 --preset full --data ../shared/data/cifar10-jpeg.tar.gz
+    python scripts/profile_stage.py --stage airbench94 --preset full --data PATH/cifar10-jpeg.tar.gz
     python scripts/profile_stage.py --stage tta --preset cpu --steps 10 --sort self_cpu_time_total
 
 Runs the stage through the one training loop, lets ``--skip`` steps pass (warm-up), profiles the
@@ -18,11 +18,11 @@ from dataclasses import replace
 
 import torch
 
-from repro.config import load_preset, load_stage, run_epochs
+from repro.resnet.config import load_preset, load_stage, run_epochs
 from repro.data import SYNTHETIC, load_cifar10
 from repro.devices import PRECISIONS, resolve_device, resolve_precision
 from repro.errors import UserError
-from repro.train import RunProgress, train_stage
+from repro.resnet.train import Hooks, train_stage
 
 
 class _Enough(Exception):
@@ -71,8 +71,9 @@ def main(argv=None) -> int:
     # enough epochs for skip + steps, whatever the stage's length
     preset = replace(preset, epochs=max(run_epochs(preset, stage), 1.0) * 4)
     try:
-        train_stage(stage, preset, data, device=device, precision=precision, channels_last=preset.channels_last if args.channels_last is None else args.channels_last,
-                    seed=0, progress=RunProgress(), on_step=on_step)
+        channels_last = preset.channels_last if args.channels_last is None else args.channels_last
+        train_stage(stage, preset, data, device=device, precision=precision, channels_last=channels_last, seed=0,
+                    hooks=Hooks(on_step=on_step))
     except _Enough:
         pass
     else:

@@ -50,3 +50,14 @@ def _ctrl_c_not_ignored():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+def assert_close_to_scale(actual, expected, *, rel: float = 1e-5, rtol: float = 1e-4, msg=None):
+    """assert_close with an absolute tolerance relative to the scale of ``expected`` (its largest
+    magnitude): summation order moves float32 results by a few ulps of the largest term, which
+    a bare absolute tolerance mistakes for a difference on a tensor with large entries."""
+    import torch
+
+    expected = torch.as_tensor(expected)
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    torch.testing.assert_close(torch.as_tensor(actual), expected, rtol=rtol, atol=rel * scale, msg=msg)

@@ -72,7 +72,7 @@ def test_bundled_quotes_hold_the_blog_numbers():
     text = "\n".join(blog.POST1_QUOTES)
     for figure in ("341s", "356s", "323s", "308s", "297s", "2.8×10^9", "5×10^15", "125 TeraFLOPS", "40 seconds"):
         assert figure in text
-    assert "301s" not in text  # the post never states it (llm-claims.md §2)
+    assert "301s" not in text  # the post never states it
 
 
 def test_true_fp32_restores_tf32_flags_even_on_error():

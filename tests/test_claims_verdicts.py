@@ -1,5 +1,5 @@
 """The whole registry in --quick mode, once: no checker fails, and every entry gets the verdict
-the claims catalogue (llm-claims.md §1, "right?" column) or the mathematics gives it.
+the claims catalogue ("right?" column) or the mathematics gives it.
 
 The expected verdicts below are written from the catalogue and from the derivations named
 beside them, not from this program's output.
@@ -46,7 +46,7 @@ EXPECTED = {
     "ae-layers": Y, "ae-loss": Y, "ae-comp": Y, "ae-ortho": Y, "mt-train": Y, "mt-eval": Y,
     # HW7 Q4
     "rn-hallu": N, "rn-3x": N, "rn-learn1": N, "rn-retry-a": Y, "rn-retry-b": P, "rn-retry-c": N,
-    # the post's own arithmetic: 0.92 GFLOP forward × 3 ≈ 2.76e9 (page-resnet.md); 2.8e9·5e4·35 = 4.9e15;
+    # the post's own arithmetic: 0.92 GFLOP forward × 3 ≈ 2.76e9 (post 1's FLOP count); 2.8e9·5e4·35 = 4.9e15;
     # 5e15/1.25e14 = 40 s; 15 s / 35 = 0.43 s per epoch; 323 − 15 − 7 − 4 = 297
     "rn-blog-flops": Y, "rn-blog-total": Y, "rn-blog-40s": Y, "rn-blog-per-epoch": Y, "rn-blog-297": Y,
 }
@@ -116,7 +116,7 @@ def test_ae_ortho_numbers(results):
 
 
 def test_flops_per_image_match_the_independent_count(results):
-    # page-resnet.md: 0.92 GFLOP forward (multiply-add = 2), fwd+bwd ≈ 3× forward = 2.76e9
+    # post 1: 0.92 GFLOP forward (multiply-add = 2), fwd+bwd ≈ 3× forward = 2.76e9
     d = results["rn-blog-flops"].data
     assert 0.90e9 < d["forward"] < 0.94e9 and 2.7e9 < d["total"] < 2.8e9
 

@@ -7,14 +7,17 @@ import pytest
 import torch
 from scipy import stats
 
-from repro import resnet
-from repro.config import load_stage
+from repro.resnet import cli as resnet
+from repro.resnet.config import load_stage
 from repro.errors import UserError
-from repro.loaders import MEAN, STD, Crop, FlipLR, make_train_loader, normalise_pad_transpose
+from repro.resnet.config import LoaderSection
+from repro.resnet.loaders import MEAN, STD, check_loader, make_train_loader
+from repro.resnet.loaders.base import normalise_pad_transpose
+from repro.resnet.loaders.dataloader import Crop, FlipLR
 from repro.runlog import read_records
 
 pytest.importorskip("nvidia.dali")
-from repro.dali_loader import DaliBatches  # noqa: E402
+from repro.resnet.loaders.dali import DaliBatches  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -83,15 +86,15 @@ def test_flip_none_never_flips():
     assert not batches.last_choices["flip"].any()
 
 
-def test_make_train_loader_selects_dali_and_refuses_cutout():
+def test_make_train_loader_selects_dali_and_its_declaration_refuses_cutout():
     loader = dataclasses.replace(load_stage("final").loader, backend="dali")
     batches = make_train_loader(loader, _images(50), np.arange(50), batch_size=16, seed=0, device=CPU)
     assert isinstance(batches, DaliBatches) and len(batches) == 4 and batches.rng_calls == 0
     next(iter(batches))
     assert batches.rng_calls == 3  # crops, flips, shuffle seed: bulk draws per epoch
-    with pytest.raises(ValueError, match="cutout"):
-        make_train_loader(dataclasses.replace(loader, cutout=8), _images(50), np.arange(50), batch_size=16,
-                          seed=0, device=CPU)
+    with pytest.raises(UserError, match='^loader.cutout needs loader.backend = "dataloader" or "device", '
+                                        'not loader.backend = "dali"$'):
+        check_loader(dataclasses.replace(loader, cutout=8), LoaderSection())
 
 
 def test_a_stage_file_with_backend_dali_trains(tmp_path):

@@ -5,9 +5,9 @@ import math
 import pytest
 from scipy import stats
 
-from repro import resnet
-from repro.config import available_stages, load_stage
-from repro.ladder import ladder_rows, markdown_table, measured_seconds
+from repro.resnet import cli as resnet
+from repro.resnet.config import available_stages, load_stage
+from repro.resnet.ladder import ladder_rows, markdown_table, measured_seconds
 from repro.runlog import read_records
 
 

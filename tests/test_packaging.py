@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.config import load_preset
+from repro.resnet.config import load_preset
 from repro.errors import UserError
 from repro.runlog import read_records
 

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from repro import resnet
-from repro.config import load_preset, load_stage
+from repro.resnet import cli as resnet
+from repro.resnet.config import load_preset, load_stage
 from repro.data import make_synthetic
 from repro.runlog import read_records
-from repro.train import RunProgress, train_stage
+from repro.resnet import plan
+from repro.resnet.records import EpochRow
+from repro.resnet.train import train_stage
 
 SMOKE = ["--preset", "smoke", "--data", "synthetic", "--quiet", "--precision", "fp32"]
 
@@ -26,7 +28,7 @@ def _watch_workers(monkeypatch):
     from torch.utils.data import dataloader
 
     started, current = [], []
-    real_init, real_train = dataloader._MultiProcessingDataLoaderIter.__init__, resnet.train_stage
+    real_init, real_train = dataloader._MultiProcessingDataLoaderIter.__init__, plan.train_stage
 
     def init(self, loader):
         real_init(self, loader)
@@ -37,7 +39,7 @@ def _watch_workers(monkeypatch):
         return real_train(stage, *args, **kwargs)
 
     monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "__init__", init)
-    monkeypatch.setattr(resnet, "train_stage", train)
+    monkeypatch.setattr(plan, "train_stage", train)
     return started
 
 
@@ -86,10 +88,8 @@ def _train(stage="final", seed=0, epochs=2):
     preset = load_preset("smoke")
     preset = type(preset)(**{**preset.__dict__, "epochs": epochs})
     data = make_synthetic(512, 128, seed=0)
-    progress = RunProgress()
-    train_stage(load_stage(stage), preset, data, device=torch.device("cpu"), precision="fp32",
-                channels_last=False, seed=seed, progress=progress)
-    return progress
+    return train_stage(load_stage(stage), preset, data, device=torch.device("cpu"), precision="fp32",
+                       channels_last=False, seed=seed)
 
 
 def test_same_seed_same_losses_and_loss_decreases():
@@ -105,10 +105,9 @@ def test_per_sample_rng_counts_two_draws_per_image():
     stage = load_stage("preprocessed")
     stage = dataclasses.replace(stage, loader=dataclasses.replace(stage.loader, rng="per_sample", workers=0))
     preset = load_preset("smoke")
-    progress = RunProgress()
-    train_stage(stage, preset, make_synthetic(300, 50), device=torch.device("cpu"), precision="fp32",
-                channels_last=False, seed=0, progress=progress)
-    assert [e["rng_calls"] for e in progress.epochs] == [600, 600]
+    result = train_stage(stage, preset, make_synthetic(300, 50), device=torch.device("cpu"), precision="fp32",
+                         channels_last=False, seed=0)
+    assert [e.rng_calls for e in result.epochs] == [600, 600]
 
 
 def test_nan_loss_fails_with_step_number(tmp_path, capsys):
@@ -123,11 +122,12 @@ def test_nan_loss_fails_with_step_number(tmp_path, capsys):
 
 
 def test_ctrl_c_writes_an_interrupted_record(tmp_path, monkeypatch):
-    def interrupted(*args, progress, on_epoch, **kwargs):
-        progress.epochs.append({"epoch": 1, "test_accuracy": 0.1, "seconds": 1.0})
+    def interrupted(*args, result, **kwargs):
+        result.epochs.append(EpochRow(epoch=1, lr=0.1, train_loss=2.0, train_accuracy=0.1, test_loss=2.0,
+                                      test_accuracy=0.1, seconds=1.0, elapsed_seconds=1.0, phases={}, rng_calls=2))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(resnet, "train_stage", interrupted)
+    monkeypatch.setattr(plan, "train_stage", interrupted)
     assert resnet.main(["--stage", "all", *SMOKE, "--log-dir", str(tmp_path)]) == 130
     (rec,) = _records(tmp_path)  # the ladder stops at the first interrupted stage
     assert rec["status"] == "interrupted" and rec["stage"] == "baseline" and len(rec["epochs"]) == 1

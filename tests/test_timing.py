@@ -10,10 +10,10 @@ import dataclasses
 import pytest
 import torch
 
-from repro.config import load_preset, load_stage
+from repro.resnet.config import load_preset, load_stage
 from repro.data import make_synthetic
 from repro.devices import PhaseTimer
-from repro.train import NonFiniteLoss, RunProgress, train_stage
+from repro.resnet.train import NonFiniteLoss, train_stage
 
 DATA = make_synthetic(256, 64, seed=0)
 
@@ -45,19 +45,17 @@ def _run(mode, stage="final", epochs=2, batch_size=32):
     preset = dataclasses.replace(load_preset("smoke"), epochs=epochs, train_images=256, test_images=64)
     st = dataclasses.replace(load_stage(stage), optimizer=dataclasses.replace(load_stage(stage).optimizer,
                                                                               batch_size=batch_size))
-    progress = RunProgress()
-    train_stage(st, preset, DATA, device=torch.device("cpu"), precision="fp32", channels_last=False, seed=5,
-                progress=progress, phase_timing=mode)
-    return progress
+    return train_stage(st, preset, DATA, device=torch.device("cpu"), precision="fp32", channels_last=False, seed=5,
+                       phase_timing=mode)
 
 
 def test_both_modes_train_identically_on_cpu():
     sync = _run("sync")
     deferred = _run("deferred")
     assert sync.step_losses == deferred.step_losses and len(sync.step_losses) == 16
-    assert [e["test_accuracy"] for e in sync.epochs] == [e["test_accuracy"] for e in deferred.epochs]
-    assert [e["train_loss"] for e in sync.epochs] == pytest.approx([e["train_loss"] for e in deferred.epochs])
-    assert "serialise" in sync.summary["phase_timing"] and "one synchronisation per epoch" in deferred.summary["phase_timing"]
+    assert [e.test_accuracy for e in sync.epochs] == [e.test_accuracy for e in deferred.epochs]
+    assert [e.train_loss for e in sync.epochs] == pytest.approx([e.train_loss for e in deferred.epochs])
+    assert "serialise" in sync.phase_timing and "one synchronisation per epoch" in deferred.phase_timing
 
 
 def _per_step(mode, monkeypatch):
@@ -69,8 +67,8 @@ def _per_step(mode, monkeypatch):
     counts.update(reads=0, syncs=0)
     many = _run(mode, batch_size=16)
     many_counts = dict(counts)
-    extra = many.steps_done - few.steps_done
-    assert (few.steps_done, many.steps_done) == (16, 32)
+    extra = many.steps - few.steps
+    assert (few.steps, many.steps) == (16, 32)
     return tuple((many_counts[k] - few_counts[k]) / extra for k in ("syncs", "reads")), many_counts
 
 
@@ -95,6 +93,6 @@ def test_first_non_finite_step_is_named_in_both_modes(tmp_path, mode):
     for timing in ("sync", mode):
         with pytest.raises(NonFiniteLoss) as exc:
             train_stage(load_stage(str(stage)), preset, DATA, device=torch.device("cpu"), precision="fp32",
-                        channels_last=False, seed=0, progress=RunProgress(), phase_timing=timing)
+                        channels_last=False, seed=0, phase_timing=timing)
         failures.append(exc.value.step)
     assert failures[0] == failures[1] and failures[0] >= 1  # the same first bad step, read late or at once

@@ -1,4 +1,4 @@
-"""The claims registry: one entry per checkable claim in the catalogue (llm-claims.md §1), and
+"""The claims registry: one entry per checkable claim in the LLM claims catalogue (docs/claims.md), and
 the blog post's own arithmetic (``rn-blog-*``, the post's claims rather than an assistant's).
 
 Keys are the catalogue's ids; where one row covers several assistants with different answers,

@@ -21,14 +21,17 @@ import torch
 from torch import nn
 
 
+KINDS = ("eval_copy", "lookahead")
+
+
 def _float_state(module: nn.Module) -> list[torch.Tensor]:
     return [t for t in module.state_dict(keep_vars=True).values() if t.is_floating_point()]
 
 
 class WeightAverage:
     def __init__(self, net: nn.Module, kind: str, momentum: float, every: int, total_steps: int):
-        if kind not in ("eval_copy", "lookahead"):
-            raise ValueError(f"EMA kind must be eval_copy or lookahead, not {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"EMA kind must be one of {KINDS}, not {kind!r}")
         self.kind, self.momentum, self.every, self.total_steps = kind, momentum, every, total_steps
         self.updates = 0
         self.net = net

@@ -1,12 +1,21 @@
-"""Stage, preset and ladder files (``repro/configs/``) read into typed, validated objects.
+"""Stage, preset and ladder files read into typed, checked objects.
 
 A stage file names its predecessor with ``extends`` and lists only what it changes, so the
 diff between two adjacent stages is the stage, and the ladder order is the ``extends`` chain.
 Two tables are not inherited: ``[source]`` (the published time and accuracy belong to one
 stage) and ``description``; and a ``[net]`` table that sets ``arch`` starts the net afresh.
-The ``[net]`` keys are the keyword arguments of the named builder in ``repro.nets``.
-Presets (``presets/*.toml``) set sizes; ``ladders.toml`` names ranges of the chain.
-Unknown keys and wrong types are errors, never ignored.
+
+Everything a stage file can get wrong is a one-line ``UserError`` from ``load_stage``, before
+any data is read: unknown keys, wrong types, option values, and what the chosen parts accept.
+The lists of options are not written here but read from the parts themselves: the loader
+backends' declarations (``loaders.BACKENDS``), the EMA kinds (``averaging.KINDS``), the TTA
+modes (``evaluation.TTA_MODES``), the net builders and their signatures (``nets``), and the
+source clocks (``CLOCKS``).
+
+Where files are found (``ConfigDirs``): the user's directories (``--config-dir``,
+``$REPRO_CONFIG_DIR``) first, then the files shipped in ``repro/configs/``. A user's directory
+holds stage files (``DIR/*.toml``) and presets (``DIR/presets/*.toml``); a user's stage may
+``extends`` any built-in one, and one with a built-in's name replaces it.
 """
 
 from __future__ import annotations
@@ -19,19 +28,68 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
+from . import averaging, evaluation, loaders, nets
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10
     import tomli as tomllib
 
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR_ENV = "REPRO_CONFIG_DIR"
 
-def configs_dir() -> Path:
-    """``$REPRO_CONFIGS`` or the ``configs/`` folder shipped inside the package (the top-level
-    ``configs`` of a checkout is a link to it)."""
-    env = os.environ.get("REPRO_CONFIGS")
-    return Path(env) if env else Path(__file__).resolve().parent / "configs"
+# Which measured seconds each source's clock counts (``[source] timing``).
+CLOCKS = {
+    "blog": ("preprocessing", "training", "evaluation", "final_evaluation"),  # posts 1-4: test passes included
+    "dawnbench": ("preprocessing", "training"),  # post 8: no validation
+    "airbench": ("preprocessing", "training", "final_evaluation"),  # whitening + training + final TTA pass
+}
+
+
+@dataclass(frozen=True)
+class ConfigDirs:
+    """Where stage and preset files are looked for: ``user`` directories first, in order,
+    then ``builtin`` (whose ``resnet/`` holds the stages and ``presets/`` the presets)."""
+
+    user: tuple[Path, ...] = ()
+    builtin: Path = BUILTIN_DIR
+
+    @classmethod
+    def from_env(cls, config_dir: str | os.PathLike | None = None, environ=os.environ) -> "ConfigDirs":
+        """``config_dir`` (``--config-dir``), then the directories in ``$REPRO_CONFIG_DIR``
+        (separated by ``os.pathsep``); each must be a directory."""
+        named = [(str(config_dir), "--config-dir")] if config_dir else []
+        named += [(p, f"${CONFIG_DIR_ENV}") for p in environ.get(CONFIG_DIR_ENV, "").split(os.pathsep) if p]
+        for d, source in named:
+            if not Path(d).is_dir():
+                raise UserError(f"{source} {d}: not a directory")
+        return cls(tuple(Path(d) for d, _ in named))
+
+    def stage_files(self) -> dict[str, Path]:
+        """Every stage name and its file; a user's file shadows a built-in of the same name."""
+        files = {p.stem: p for p in sorted((self.builtin / "resnet").glob("*.toml"))}
+        for d in reversed(self.user):
+            files.update({p.stem: p for p in sorted(d.glob("*.toml"))})
+        return files
+
+    def builtin_stage_names(self) -> set[str]:
+        return {p.stem for p in (self.builtin / "resnet").glob("*.toml")}
+
+    def preset_files(self) -> dict[str, Path]:
+        files = {p.stem: p for p in sorted((self.builtin / "presets").glob("*.toml"))}
+        for d in reversed(self.user):
+            files.update({p.stem: p for p in sorted((d / "presets").glob("*.toml"))})
+        return files
+
+
+def _dirs(where: ConfigDirs | os.PathLike | None) -> ConfigDirs:
+    """``None``: the environment's directories; a path: a tree laid out as ``repro/configs``."""
+    if where is None:
+        return ConfigDirs.from_env()
+    if isinstance(where, ConfigDirs):
+        return where
+    return ConfigDirs(builtin=Path(where))
 
 
 @dataclass(frozen=True)
@@ -118,10 +176,12 @@ class SourceSection:
 
     seconds: float | None = None
     accuracy: float | None = None
-    timing: str = "blog"  # which boundaries the seconds use: blog (incl. test passes) | dawnbench | airbench
+    timing: str = "blog"  # which clock the seconds are on: a key of CLOCKS
     hardware: str = "V100"
     entry_seconds: float | None = None  # the number the ladder started from (Ben Johnson's 341 s)
     note: str = ""
+    # the keys this stage changes from the one it extends (a test checks it against the real diff)
+    changes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,21 +222,29 @@ _SECTIONS = {"schedule": ScheduleSection, "optimizer": OptimizerSection, "loader
              "source": SourceSection}
 _NOT_INHERITED = ("source", "description")
 
-_CHOICES = {
-    ("loader", "backend"): ("dataloader", "device", "dali"),
-    ("loader", "preprocess"): ("per_sample", "once"),
-    ("loader", "rng"): ("per_sample", "bulk"),
-    ("loader", "flip"): ("random", "alternating", "none"),
-    ("loader", "choices"): ("grouped", "per_image"),
-    ("optimizer", "loss_reduction"): ("mean", "sum"),
-    ("ema", "kind"): ("none", "eval_copy", "lookahead"),
-    ("evaluation", "tta"): ("none", "flip", "multiview"),
-    ("source", "timing"): ("blog", "dawnbench", "airbench"),
-}
+
+def _choices() -> dict[tuple[str, str], tuple[str, ...]]:
+    """The allowed values of every option key, read from the parts that implement them."""
+    return {
+        ("loader", "backend"): tuple(loaders.BACKENDS),
+        ("loader", "preprocess"): loaders.AugmentedTrainSet.PREPROCESS_MODES,
+        ("loader", "rng"): loaders.AugmentedTrainSet.RNG_MODES,
+        ("loader", "flip"): tuple(dict.fromkeys(f for cls in loaders.BACKENDS.values() for f in cls.ACCEPTS.flips)),
+        ("loader", "choices"): loaders.DeviceBatches.CHOICE_MODES,
+        ("optimizer", "loss_reduction"): ("mean", "sum"),  # the two reductions of F.cross_entropy the ladder uses
+        ("ema", "kind"): ("none",) + averaging.KINDS,
+        ("evaluation", "tta"): evaluation.TTA_MODES,
+        ("source", "timing"): tuple(CLOCKS),
+    }
 
 
-def _check_value(where: str, key: str, value: Any, default: Any) -> Any:
-    """``value`` converted to the type of ``default``, or a UserError naming ``key``."""
+def _check_value(where: str, key: str, value: Any, default: Any, strings: bool = False) -> Any:
+    """``value`` converted to the type of ``default``, or a UserError naming ``key``; a tuple
+    default takes a list of numbers, or of strings with ``strings``."""
+    if strings:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{where}: {key} must be a list of strings")
+        return tuple(value)
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise UserError(f"{where}: {key} must be a list of numbers")
@@ -193,7 +261,9 @@ def _check_value(where: str, key: str, value: Any, default: Any) -> Any:
 
 def _typed(cls, values: dict[str, Any], where: str, section: str = ""):
     """Build dataclass ``cls`` from ``values``: unknown keys and wrong types are UserErrors."""
-    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls) if f.name != "name"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "name"}
+    defaults = {name: getattr(cls(), name) for name in fields}
+    choices = _choices()
     prefix = f"{section}." if section else ""
     unknown = sorted(set(values) - set(defaults))
     if unknown:
@@ -201,8 +271,8 @@ def _typed(cls, values: dict[str, Any], where: str, section: str = ""):
                         + ", ".join(prefix + k for k in defaults))
     out = {}
     for key, value in values.items():
-        value = _check_value(where, prefix + key, value, defaults[key])
-        allowed = _CHOICES.get((section, key))
+        value = _check_value(where, prefix + key, value, defaults[key], strings=str(fields[key].type) == "tuple[str, ...]")
+        allowed = choices.get((section, key))
         if allowed and value not in allowed:
             raise UserError(f"{where}: {prefix}{key} must be one of {', '.join(allowed)}, not {value!r}")
         out[key] = value
@@ -210,13 +280,11 @@ def _typed(cls, values: dict[str, Any], where: str, section: str = ""):
 
 
 def _typed_net(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """The [net] table checked against the signature of its builder in ``repro.nets``."""
-    from .nets import ARCHITECTURES, build_net, net_options
-
+    """The [net] table checked against the signature of its builder in ``repro.resnet.nets``."""
     arch = values.get("arch", "dawn_resnet18")
-    if arch not in ARCHITECTURES:
-        raise UserError(f"{where}: net.arch must be one of {', '.join(ARCHITECTURES)}, not {arch!r}")
-    options = net_options(arch)
+    if arch not in nets.ARCHITECTURES:
+        raise UserError(f"{where}: net.arch must be one of {', '.join(nets.ARCHITECTURES)}, not {arch!r}")
+    options = nets.net_options(arch)
     unknown = sorted(set(values) - set(options) - {"arch"})
     if unknown:
         raise UserError(f"{where}: unknown config key net.{unknown[0]} for arch {arch}; valid keys here: net.arch, "
@@ -226,7 +294,7 @@ def _typed_net(values: dict[str, Any], where: str) -> dict[str, Any]:
         if key != "arch":
             net[key] = _check_value(where, f"net.{key}", value, options[key])
     try:  # a tiny copy catches values the builder refuses (an unknown activation, say)
-        build_net(width_divisor=64, **net)
+        nets.build_net(width_divisor=64, **net)
     except ValueError as exc:
         raise UserError(f"{where}: [net] {exc}") from None
     return net
@@ -253,10 +321,6 @@ def _merge(base: dict, over: dict) -> dict:
     return merged
 
 
-def _stage_files(directory: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted((directory / "resnet").glob("*.toml"))}
-
-
 def _parent_of(path: Path) -> str | None:
     parent = _read_toml(path).get("extends")
     if parent is not None and not isinstance(parent, str):
@@ -264,43 +328,48 @@ def _parent_of(path: Path) -> str | None:
     return parent
 
 
-def available_stages(directory: Path | None = None) -> list[str]:
-    """Every stage, in ladder order: depth-first along the ``extends`` chain from the roots."""
-    files = _stage_files(directory or configs_dir())
+def available_stages(where: ConfigDirs | os.PathLike | None = None) -> list[str]:
+    """Every stage, in ladder order: depth-first along the ``extends`` chain, the built-in
+    chain first, then the user's own stages (a stage whose parent is missing: last)."""
+    dirs = _dirs(where)
+    files = dirs.stage_files()
     children: dict[str | None, list[str]] = {}
     for name, path in files.items():
         children.setdefault(_parent_of(path), []).append(name)
+    builtin = dirs.builtin_stage_names()
     order: list[str] = []
 
-    def visit(parent):
+    def visit(parent, keep):
         for child in children.get(parent, []):
-            if child not in order:
+            if child not in order and keep(child):
                 order.append(child)
-                visit(child)
+                visit(child, keep)
 
-    visit(None)
-    return order + sorted(set(files) - set(order))  # a stage whose parent is missing: last
-
-
-def available_presets(directory: Path | None = None) -> list[str]:
-    return sorted(p.stem for p in ((directory or configs_dir()) / "presets").glob("*.toml"))
+    visit(None, builtin.__contains__)
+    for parent in [None] + list(order):  # the user's stages, after the built-in chain
+        visit(parent, lambda name: True)
+    return order + sorted(set(files) - set(order))
 
 
-def _stage_path(name_or_path: str, directory: Path) -> Path:
+def available_presets(where: ConfigDirs | os.PathLike | None = None) -> list[str]:
+    return sorted(_dirs(where).preset_files())
+
+
+def _stage_path(name_or_path: str, dirs: ConfigDirs) -> Path:
     if name_or_path.endswith(".toml"):
         path = Path(name_or_path)
         if not path.exists():
             raise UserError(f"config file {name_or_path} does not exist")
         return path
-    path = directory / "resnet" / f"{name_or_path}.toml"
-    if not path.exists():
-        valid = ", ".join(available_stages(directory)) or "(none found in " + str(directory) + ")"
+    path = dirs.stage_files().get(name_or_path)
+    if path is None:
+        valid = ", ".join(available_stages(dirs)) or "(none found)"
         raise UserError(f"unknown stage {name_or_path!r}; valid stages: {valid}, all")
     return path
 
 
-def _resolve(name_or_path: str, directory: Path, seen: tuple[str, ...] = ()) -> tuple[dict, str]:
-    path = _stage_path(name_or_path, directory)
+def _resolve(name_or_path: str, dirs: ConfigDirs, seen: tuple[str, ...] = ()) -> tuple[dict, str]:
+    path = _stage_path(name_or_path, dirs)
     if str(path) in seen:
         raise UserError(f"{path}: 'extends' forms a cycle")
     raw = _read_toml(path)
@@ -309,43 +378,67 @@ def _resolve(name_or_path: str, directory: Path, seen: tuple[str, ...] = ()) -> 
         return raw, str(path)
     if not isinstance(parent, str):
         raise UserError(f"{path}: extends must be a stage name")
-    base, _ = _resolve(parent, directory, seen + (str(path),))
+    base, _ = _resolve(parent, dirs, seen + (str(path),))
     base = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
     return _merge(base, raw), str(path)
 
 
-def load_stage(name_or_path: str, directory: Path | None = None) -> StageConfig:
-    directory = directory or configs_dir()
-    raw, where = _resolve(name_or_path, directory)
+def _check_stage(stage: StageConfig, where: str) -> None:
+    """The rules between fields, each against the declaration of the part it concerns."""
+    schedule = stage.schedule
+    if len(schedule.knots) != len(schedule.lrs) or len(schedule.knots) < 2:
+        raise UserError(f"{where}: schedule.knots and schedule.lrs need the same length (at least 2)")
+    if schedule.knots[-1] <= 0:
+        raise UserError(f"{where}: the stage's epoch count (the last of schedule.knots) must be above 0, "
+                        f"not {schedule.knots[-1]:g}")
+    if any(b < a for a, b in zip(schedule.knots, schedule.knots[1:])) or schedule.knots[0] < 0:
+        raise UserError(f"{where}: schedule.knots must be non-negative and non-decreasing")
+    loader = stage.loader
+    if loader.workers < 0 or loader.pad < 0 or loader.cutout < 0 or loader.max_groups < 2:
+        raise UserError(f"{where}: loader.workers, pad and cutout must be >= 0 and max_groups >= 2")
+    if loader.pad >= loaders.SIZE or loader.cutout > loaders.SIZE:
+        raise UserError(f"{where}: loader.pad and loader.cutout must be below the image size {loaders.SIZE}")
+    try:
+        loaders.check_loader(loader, LoaderSection())
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    opt = stage.optimizer
+    if opt.batch_size < 1:
+        raise UserError(f"{where}: optimizer.batch_size must be >= 1")
+    if not (0 <= opt.momentum < 1 and opt.weight_decay >= 0 and 0 <= opt.label_smoothing < 1):
+        raise UserError(f"{where}: optimizer.momentum and label_smoothing must be in [0, 1), weight_decay >= 0")
+    if opt.freeze_whitening_bias_after < 0:
+        raise UserError(f"{where}: optimizer.freeze_whitening_bias_after must be >= 0")
+    if stage.ema.kind != "none" and not (stage.ema.every >= 1 and 0 < stage.ema.momentum < 1):
+        raise UserError(f"{where}: ema.every must be >= 1 and ema.momentum in (0, 1)")
+
+
+def load_stage(name_or_path: str, where: ConfigDirs | os.PathLike | None = None) -> StageConfig:
+    """The stage named (or the .toml file at a path), resolved along its ``extends`` chain and
+    checked: any mistake is one UserError naming the file."""
+    dirs = _dirs(where)
+    raw, path = _resolve(name_or_path, dirs)
     sections: dict[str, Any] = {}
     for key, value in raw.items():
         if key in ("description", "extends"):
             continue
         if key not in _SECTIONS and key != "net":
-            raise UserError(f"{where}: unknown config key {key}; valid: description, extends, net, "
+            raise UserError(f"{path}: unknown config key {key}; valid: description, extends, net, "
                             + ", ".join(_SECTIONS))
         if not isinstance(value, dict):
-            raise UserError(f"{where}: [{key}] must be a table")
-        sections[key] = _typed_net(value, where) if key == "net" else _typed(_SECTIONS[key], value, where, key)
-    schedule = sections.get("schedule", ScheduleSection())
-    if len(schedule.knots) != len(schedule.lrs) or len(schedule.knots) < 2:
-        raise UserError(f"{where}: schedule.knots and schedule.lrs need the same length (at least 2)")
-    if any(b < a for a, b in zip(schedule.knots, schedule.knots[1:])) or schedule.knots[-1] <= 0:
-        raise UserError(f"{where}: schedule.knots must be non-decreasing and end above 0")
-    loader = sections.get("loader", LoaderSection())
-    if loader.workers < 0 or loader.pad < 0 or loader.cutout < 0 or loader.max_groups < 2:
-        raise UserError(f"{where}: loader.workers, pad and cutout must be >= 0 and max_groups >= 2")
-    if sections.get("optimizer", OptimizerSection()).batch_size < 1:
-        raise UserError(f"{where}: optimizer.batch_size must be >= 1")
-    return StageConfig(name=Path(name_or_path).stem, description=str(raw.get("description", "")),
-                       extends=raw.get("extends"), **sections)
+            raise UserError(f"{path}: [{key}] must be a table")
+        sections[key] = _typed_net(value, path) if key == "net" else _typed(_SECTIONS[key], value, path, key)
+    stage = StageConfig(name=Path(name_or_path).stem, description=str(raw.get("description", "")),
+                        extends=raw.get("extends"), **sections)
+    _check_stage(stage, path)
+    return stage
 
 
-def load_preset(name: str, directory: Path | None = None) -> Preset:
-    directory = directory or configs_dir()
-    path = directory / "presets" / f"{name}.toml"
-    if not path.exists():
-        raise UserError(f"unknown preset {name!r}; valid presets: auto, {', '.join(available_presets(directory))}")
+def load_preset(name: str, where: ConfigDirs | os.PathLike | None = None) -> Preset:
+    dirs = _dirs(where)
+    path = dirs.preset_files().get(name)
+    if path is None:
+        raise UserError(f"unknown preset {name!r}; valid presets: auto, {', '.join(available_presets(dirs))}")
     preset = _typed(Preset, _read_toml(path), str(path))
     if preset.width_divisor < 1 or preset.epoch_scale <= 0 or (preset.epochs is not None and preset.epochs <= 0):
         raise UserError(f"{path}: epochs and epoch_scale must be > 0 and width_divisor >= 1")
@@ -354,12 +447,12 @@ def load_preset(name: str, directory: Path | None = None) -> Preset:
     return dataclasses.replace(preset, name=name)
 
 
-def load_ladders(directory: Path | None = None) -> dict[str, list[str]]:
-    """Named ladders: ``name = ["first", "last"]`` in ladders.toml is that range of the chain;
-    ``all`` is the whole chain."""
-    directory = directory or configs_dir()
-    order = available_stages(directory)
-    path = directory / "ladders.toml"
+def load_ladders(where: ConfigDirs | os.PathLike | None = None) -> dict[str, list[str]]:
+    """Named ladders: ``name = ["first", "last"]`` in the built-in ladders.toml is that range of
+    the chain; ``all`` is the whole chain."""
+    dirs = _dirs(where)
+    order = available_stages(dirs)
+    path = dirs.builtin / "ladders.toml"
     ladders = {}
     for name, ends in (_read_toml(path) if path.exists() else {}).items():
         if not (isinstance(ends, list) and len(ends) == 2 and all(e in order for e in ends)):

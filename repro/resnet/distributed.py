@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import runlog
-from .errors import UserError
+from ..errors import UserError
+from .records import RunRecord
 
 HEARTBEAT_SECONDS = 2.0
 DEFAULT_TIMEOUT = 600.0
@@ -56,6 +56,13 @@ def launched_by_torchrun(environ=os.environ) -> bool:
 def my_seeds(seed: int, runs: int, rank: int, world_size: int) -> list[int]:
     """Rank r's seeds: s + r, s + r + P, ...; over all ranks each of s .. s+runs-1 exactly once."""
     return [seed + i for i in range(rank, runs, world_size)]
+
+
+def share(runs: list, seeds, rank: int, world_size: int) -> list:
+    """Rank ``rank``'s part of ``runs`` ((stage, seed) pairs): the pairs whose seed is one of
+    ``my_seeds`` of that rank, in the plan's order."""
+    mine = set(my_seeds(seeds[0], len(seeds), rank, world_size)) if seeds else set()
+    return [(stage, seed) for stage, seed in runs if seed in mine]
 
 
 def _env_int(environ, name: str, default: int | None = None) -> int:
@@ -144,9 +151,8 @@ class Reporter:
     def starting(self, stage: str, seed: int) -> None:
         self.ctx.store.set(f"repro/running/{self.ctx.rank}", pickle.dumps((stage, seed)))
 
-    def finished(self, record: dict, log_dir=None) -> None:
-        """The ``append`` of run_one: keep the record here, publish it, append nothing yet."""
-        record.update(rank=self.ctx.rank, world_size=self.ctx.world_size)
+    def finished(self, record: dict) -> None:
+        """Keep the record here and publish it; rank 0 appends it later."""
         self.records.append(record)
         self.ctx.store.set(f"repro/records/{self.ctx.rank}", pickle.dumps(self.records))
         self.ctx.store.set(f"repro/running/{self.ctx.rank}", pickle.dumps(None))
@@ -189,9 +195,8 @@ def collect(ctx: DistContext, own: list[dict], plan: dict[int, list[tuple[str, i
                 lost = f"rank {r} stopped reporting (killed or hung) for over {patience:g}s"
                 if running is not None:
                     stage, seed = running
-                    records.append(runlog.new_record(
-                        "resnet", stage=stage, seed=seed, group_id=group_id, status="failed", error=lost,
-                        rank=r, world_size=ctx.world_size))
+                    records.append(RunRecord(stage=stage, seed=seed, group_id=group_id, status="failed", error=lost,
+                                             rank=r, world_size=ctx.world_size).to_dict())
                 done = {(rec["stage"], rec["seed"]) for rec in finished} | ({running} if running else set())
                 never = [f"{s} seed {n}" for s, n in plan[r] if (s, n) not in done]
                 errors.append(lost + (f"; its run {running[0]} seed {running[1]} is recorded as failed"
@@ -215,33 +220,6 @@ def teardown(ctx: DistContext | None) -> None:
             pass
 
 
-def run_shard(ctx: DistContext, stages, seed: int, runs: int, run) -> tuple[Reporter, str, BaseException | None, str | None]:
-    """This rank's seeds of every stage, stage by stage; ``run(stage, seed, append)`` trains one.
-
-    A failed run (UserError from run_one) or an interruption stops this rank's loop, as it stops a
-    single process; either way the rank reports ``done`` so rank 0 does not wait for it.
-    """
-    reporter = Reporter(ctx)
-    outcome, interruption, failure = "ok", None, None
-    try:
-        for stage in stages:
-            for s in my_seeds(seed, runs, ctx.rank, ctx.world_size):
-                reporter.starting(stage.name, s)
-                run(stage, s, reporter.finished)
-    except KeyboardInterrupt as exc:
-        outcome, interruption = "interrupted", exc
-    except UserError as exc:
-        outcome, failure = "failed", str(exc)
-    finally:
-        reporter.done(outcome)
-    return reporter, outcome, interruption, failure
-
-
-def plan(ctx: DistContext, stages, seed: int, runs: int) -> dict[int, list[tuple[str, int]]]:
-    return {r: [(st.name, s) for st in stages for s in my_seeds(seed, runs, r, ctx.world_size)]
-            for r in range(ctx.world_size)}
-
-
 def mark_collected(ctx: DistContext) -> None:
     ctx.store.set("repro/collected", b"1")
 
@@ -254,48 +232,3 @@ def wait_collected(ctx: DistContext) -> bool:
         return True
     except Exception:
         return False
-
-
-def main_loop(ctx: DistContext, stages, args, run, console, *, group_id: str, target, title, synthetic: bool) -> int:
-    """Every rank: run its shard. Rank 0: collect, append each record once, print the table."""
-    import sys
-
-    from .errors import EXIT_USER_ERROR, interrupt_exit_code, interrupt_message
-    from .ladder import rich_table
-
-    order = {st.name: i for i, st in enumerate(stages)}
-    if ctx.is_main:
-        console.print(f"torchrun: {ctx.world_size} ranks ({ctx.backend}), {args.runs} run(s) per stage as seeds "
-                      f"{args.seed}..{args.seed + args.runs - 1}; rank r runs seeds s+r, s+r+{ctx.world_size}, ...")
-    reporter, outcome, interruption, failure = run_shard(ctx, stages, args.seed, args.runs, run)
-    if not ctx.is_main:
-        if failure:
-            print(f"error: rank {ctx.rank}: {failure}", file=sys.stderr)
-        wait_collected(ctx)
-        if interruption is not None:
-            return interrupt_exit_code(interruption)
-        return EXIT_USER_ERROR if failure else 0
-    # an interrupted rank 0 is being stopped (torchrun gives ~30 s before SIGKILL): wait briefly for the rest
-    patience = min(ctx.timeout, 10.0) if interruption is not None else None
-    records, errors = collect(ctx, reporter.records, plan(ctx, stages, args.seed, args.runs), group_id,
-                              patience=patience)
-    records.sort(key=lambda r: (order.get(r["stage"], len(order)), r["seed"]))
-    for record in records:
-        runlog.append_record(record, args.log_dir)
-    mark_collected(ctx)
-    ok = [r for r in records if r.get("status") == "ok"]
-    if ok:
-        console.print(rich_table(ok, target, title(ok)))
-    if synthetic:
-        console.print("[bold red]SYNTHETIC data[/bold red]: accuracies say nothing about CIFAR-10")
-    console.print(f"{len(records)} records from {ctx.world_size} ranks appended to {runlog.log_path(args.log_dir)}")
-    bad = [r for r in records if r.get("status") != "ok"]
-    for r in bad:
-        print(f"error: {r['stage']} seed {r['seed']} (rank {r.get('rank', '?')}): {r.get('status')}"
-              + (f": {r['error']}" if r.get("error") else ""), file=sys.stderr)
-    for line in errors:
-        print(f"error: {line}", file=sys.stderr)
-    if interruption is not None:
-        console.print(f"[yellow]{interrupt_message(interruption)}[/yellow]: unfinished runs logged as 'interrupted'")
-        return interrupt_exit_code(interruption)
-    return EXIT_USER_ERROR if (bad or errors or failure) else 0

@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+TTA_MODES = ("none", "flip", "multiview")
+
+
 def flip_mean(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (net(x).float() + net(x.flip(3)).float())
 
@@ -31,7 +34,7 @@ def tta_logits(net: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
     if tta == "multiview":
         shifted = 0.5 * (flip_mean(net, translate(x, -1, -1)) + flip_mean(net, translate(x, 1, 1)))
         return 0.5 * flip_mean(net, x) + 0.5 * shifted
-    raise ValueError(f"tta must be none, flip or multiview, not {tta!r}")
+    raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 ``[net] arch`` names a builder in ``ARCHITECTURES``; every other key of the table is a keyword
 argument of that builder, so a new switch is one keyword here and one line in a stage file
-(``repro.config`` checks the table against the builder's signature).
+(``repro.resnet.config`` checks the table against the builder's signature).
 
 * ``dawn_resnet18``: post 1's pre-activation ResNet-18 (Ben Johnson's DAWNBench net).
 * ``resnet9``: post 4's ResNet-9 with every post-8 switch (pool before BN, CELU, ghost BN,
@@ -115,7 +115,7 @@ def batch_norm_over_ranks(net: nn.Module, world_size: int) -> nn.Module:
     (``CrossRankBatchNorm``); ghost BN already normalises slices of the batch, so each rank
     keeps ``splits / world_size`` of them and nothing is shared (its running statistics are
     then rank 0's slices', which DDP broadcasts)."""
-    from .errors import UserError
+    from ..errors import UserError
 
     for name, child in net.named_children():
         if isinstance(child, GhostBatchNorm):

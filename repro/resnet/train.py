@@ -1,6 +1,10 @@
 """The one training loop that serves every stage: the stage config decides the net, the LR
 schedule, the loss, the parameter groups, the loader, weight averaging and TTA; this loop never
-branches on the stage name."""
+branches on the stage name.
+
+A run is ``prepare`` (net, loader, whitening, optimiser, the untimed warm-up step) ->
+``run_epoch`` once per epoch -> ``finish`` (the final TTA pass, the clocks, FLOPs);
+``train_stage`` strings them together. What it measures goes into a ``records.RunResult``."""
 
 from __future__ import annotations
 
@@ -13,23 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import CifarArrays
+from ..devices import PhaseTimer, Precision
+from ..errors import UserError, signals_deferred
+from . import loaders
 from .averaging import WeightAverage
-from .config import OptimizerSection, Preset, StageConfig, run_epochs, total_steps
-from .data import CifarArrays
-from .devices import PhaseTimer, Precision
-from .errors import UserError, signals_deferred
+from .config import CLOCKS, OptimizerSection, Preset, StageConfig, run_epochs, total_steps
 from .evaluation import evaluate
 from .loaders import Shard, batch_sizes, eval_batches, make_train_loader, normalise_transpose
 from .nets import PatchWhitening, batch_norm_over_ranks, build_net, fit_whitening
-
-PHASES = ("preprocessing", "data_wait", "forward_backward", "optimizer_step", "evaluation")
-# which measured seconds each source's clock corresponds to (see SourceSection.timing)
-TIMINGS = {
-    "blog": ("preprocessing", "training", "evaluation", "final_evaluation"),  # posts 1-4: test passes included
-    "dawnbench": ("preprocessing", "training"),  # post 8: no validation
-    "airbench": ("preprocessing", "training", "final_evaluation"),  # whitening + training + final TTA pass
-}
-
+from .records import PHASES, EpochRow, RunResult
 
 TIMING_MODES = ("sync", "deferred")
 
@@ -41,21 +38,13 @@ class NonFiniteLoss(RuntimeError):
 
 
 @dataclass
-class RunProgress:
-    """Filled in as training goes, so an interrupted or failed run still has its numbers."""
+class Hooks:
+    """What the caller is told as a run goes: its planned step count once prepared, the steps
+    done after each step, and each epoch's row."""
 
-    epochs: list[dict] = field(default_factory=list)
-    phases: dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
-    total_seconds: float = 0.0
-    steps_done: int = 0
-    step_losses: list[float] = field(default_factory=list)
-    summary: dict = field(default_factory=dict)  # end-of-run numbers: TTA accuracy, FLOPs, target, timings
-
-    @property
-    def test_accuracy(self) -> float | None:
-        if "test_accuracy" in self.summary:
-            return self.summary["test_accuracy"]
-        return self.epochs[-1]["test_accuracy"] if self.epochs else None
+    on_start: Callable[[int], None] = lambda steps_planned: None
+    on_step: Callable[[int], None] = lambda steps_done: None
+    on_epoch: Callable[[EpochRow], None] = lambda row: None
 
 
 def build_stage_net(stage: StageConfig, preset: Preset) -> nn.Module:
@@ -208,13 +197,11 @@ def check_split_over_ranks(stage: StageConfig, preset: Preset, ranks: int) -> No
     """A UserError now, before any data or training, if ``stage`` cannot be one run over
     ``ranks`` ranks (``--ddp``): the loader must be able to shard, every rank needs images, and
     ghost BN's splits must divide among the ranks (checked by the conversion itself)."""
-    if stage.loader.backend == "dali":
-        raise UserError(f"stage {stage.name}: --ddp needs loader.backend = \"device\" or \"dataloader\", "
-                        "not \"dali\"")
-    batch = min(stage.optimizer.batch_size, preset.train_images or stage.optimizer.batch_size)
-    if batch < ranks:
-        raise UserError(f"stage {stage.name}: a batch of {batch} cannot be split over {ranks} ranks")
     try:
+        loaders.check_split_over_ranks(stage.loader.backend)
+        batch = min(stage.optimizer.batch_size, preset.train_images or stage.optimizer.batch_size)
+        if batch < ranks:
+            raise UserError(f"a batch of {batch} cannot be split over {ranks} ranks")
         batch_norm_over_ranks(build_stage_net(stage, preset), ranks)
     except UserError as exc:
         raise UserError(f"stage {stage.name}: {exc}") from None
@@ -241,25 +228,45 @@ def _whitening_bias(net: nn.Module) -> list[nn.Parameter]:
     return [m.bias for m in net.modules() if isinstance(m, PatchWhitening) and m.bias is not None]
 
 
-def train_stage(
-    stage: StageConfig,
-    preset: Preset,
-    data: CifarArrays,
-    *,
-    device: torch.device,
-    precision: str,
-    channels_last: bool,
-    seed: int,
-    progress: RunProgress,
-    on_step: Callable[[int], None] | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-    phase_timing: str = "sync",
-    shard: Shard = Shard(),
-) -> RunProgress:
-    """``phase_timing``: ``sync`` times every phase (on CUDA a synchronisation per phase, which
+@dataclass
+class PreparedRun:
+    """Everything one run needs between its epochs."""
+
+    stage: StageConfig
+    net: nn.Module
+    model: nn.Module  # ``net``, or ``net`` under DistributedDataParallel
+    optimizer: torch.optim.Optimizer
+    train: object  # the loader backend's batches
+    test: list
+    average: WeightAverage | None
+    amp: Precision
+    timer: PhaseTimer
+    device: torch.device
+    channels_last: bool
+    phase_timing: str
+    shard: Shard
+    epochs: float
+    steps_per_epoch: int
+    steps_planned: int
+    flops_per_step: int
+    whole_batches: list[int]
+    target: float | None
+
+    def to_device(self, x, y):
+        return _to_device(x, y, self.device, self.channels_last)
+
+    def evaluated_net(self) -> nn.Module:
+        return self.average.model_to_evaluate() if self.average else self.net
+
+
+def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, result: RunResult, *, device: torch.device,
+            precision: str, channels_last: bool, seed: int, phase_timing: str = "sync",
+            shard: Shard = Shard()) -> PreparedRun:
+    """The net, loader, whitening, optimiser and EMA of one run, and one untimed warm-up step.
+
+    ``phase_timing``: ``sync`` times every phase (on CUDA a synchronisation per phase, which
     serialises loader and GPU) and checks each step's loss at once; ``deferred`` keeps the step
     statistics on the device and synchronises once per epoch (see ``PhaseTimer``).
-
     ``shard``: this rank's part of one run spread over ranks (``--ddp``, the process group
     already formed): each rank trains on its slice of every batch under DistributedDataParallel,
     with BN statistics and loss weights that keep the whole-batch arithmetic of one process."""
@@ -269,7 +276,7 @@ def train_stage(
     opt_cfg = stage.optimizer
     amp = Precision(device, precision)
     timer = PhaseTimer(device, sync_phases=phase_timing == "sync")
-    progress.summary["phase_timing"] = phase_timing + (
+    result.phase_timing = phase_timing + (
         " (per-phase seconds of a CUDA run serialise the loader with the GPU)" if phase_timing == "sync"
         else " (one synchronisation per epoch; per-phase seconds on CUDA are host launch times)")
     ranks = shard.world_size
@@ -279,117 +286,131 @@ def train_stage(
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    progress.summary["bn_precision"] = cast_batch_norm(net, amp, stage.precision.bn_fp32)
+    result.bn_precision = cast_batch_norm(net, amp, stage.precision.bn_fp32)
 
     with timer.phase("preprocessing"):  # DAWNBench and airbench count data preparation and whitening
         train = make_train_loader(stage.loader, data.train_images, data.train_labels,
                                   batch_size=opt_cfg.batch_size, seed=seed, device=device, shard=shard)
-        whitened = fit_whitening(net, torch.from_numpy(normalise_transpose(data.train_images[:10_000])))
+        result.whitening = fit_whitening(net, torch.from_numpy(normalise_transpose(data.train_images[:10_000])))
     batch_size = train.batch_size
-    test = eval_batches(data.test_images, data.test_labels, opt_cfg.batch_size)
-    optimizer = make_optimizer(net, opt_cfg, batch_size)
     epochs = run_epochs(preset, stage)
     steps_per_epoch = len(train)
-    steps_total = total_steps(epochs, steps_per_epoch)
-    average = (WeightAverage(net, stage.ema.kind, stage.ema.momentum, stage.ema.every, steps_total)
+    steps_planned = total_steps(epochs, steps_per_epoch)
+    average = (WeightAverage(net, stage.ema.kind, stage.ema.momentum, stage.ema.every, steps_planned)
                if stage.ema.kind != "none" else None)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     # every rank counts its own slice's FLOPs; the run's are the ranks' together
     flops_per_step = ranks * warm_up_and_count_flops(net, opt_cfg, len(shard.take(range(batch_size))), device,
                                                      channels_last, amp)
-    progress.summary.update(steps_planned=steps_total, steps_per_epoch=steps_per_epoch, epochs_planned=epochs,
-                            batch_size=batch_size, whitening=whitened)
-    model = data_parallel(net, device, ranks)
-    whole_batches = batch_sizes(len(data.train_labels), batch_size, stage.loader.drop_last, ranks)
-
-    def to_device(x, y):
-        return _to_device(x, y, device, channels_last)
-
-    target = preset.target_accuracy
+    result.batch_size, result.steps_per_epoch, result.steps_planned = batch_size, steps_per_epoch, steps_planned
     net.train()
-    for epoch in range(math.ceil(epochs)):
-        if opt_cfg.freeze_whitening_bias_after and epoch >= opt_cfg.freeze_whitening_bias_after:
-            frozen = [bias for bias in _whitening_bias(net) if bias.requires_grad]
-            for bias in frozen:
-                bias.requires_grad_(False)  # SGD skips a parameter without a gradient
-            if frozen:
-                model = data_parallel(net, device, ranks)  # DDP fixes its trained parameters when it wraps
-        before = timer.snapshot()
-        rng_calls_before = train.rng_calls
-        epoch_start = timer.now(sync=True)
-        stats = EpochStats(device, across_ranks=ranks > 1)
-        for step_in_epoch, (x, y) in enumerate(_timed(train, timer, device, channels_last)):
-            lr = stage.schedule.lr_at(progress.steps_done / steps_per_epoch, epochs)
-            set_lr(optimizer, lr)
-            with timer.phase("forward_backward"):
-                with amp.autocast():
-                    logits = model(x)
-                    loss = loss_fn(logits, y, opt_cfg)
-                amp.backward(loss if ranks == 1 else
-                             loss * rank_loss_weight(len(y), whole_batches[step_in_epoch], ranks, opt_cfg))
-            stats.add(progress.steps_done, loss / len(y) if opt_cfg.loss_reduction == "sum" else loss, logits, y)
-            if phase_timing == "sync" and not math.isfinite(last := stats.last_loss()):
-                raise NonFiniteLoss(progress.steps_done, epoch + 1, last)
-            with timer.phase("optimizer_step"):
-                amp.step(optimizer)
-                optimizer.zero_grad(set_to_none=True)
-                progress.steps_done += 1
-                if average:
-                    average.after_step(progress.steps_done)
-            if on_step:
-                on_step(progress.steps_done)
-            if progress.steps_done >= steps_total:
-                break
-        losses, sizes, correct, bad_step = stats.read()
-        progress.step_losses += losses
-        if bad_step is not None:
-            raise NonFiniteLoss(bad_step, epoch + 1, losses[bad_step - stats.first_step])
-        seen = sum(sizes)
-        train_loss = sum(l * n for l, n in zip(losses, sizes)) / max(seen, 1)
-        with timer.phase("evaluation"):
-            evaluated = average.model_to_evaluate() if average else net
-            test_loss, test_acc = evaluate(evaluated, test, to_device=to_device, autocast=amp.autocast)
-        seconds = timer.now(sync=True) - epoch_start
-        after = timer.snapshot()
-        progress.total_seconds = sum(after.values())
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": train_loss,
-            "train_accuracy": correct / max(seen, 1),
-            "test_loss": test_loss,
-            "test_accuracy": test_acc,
-            "seconds": seconds,
-            "elapsed_seconds": progress.total_seconds,
-            "phases": {p: after.get(p, 0.0) - before.get(p, 0.0) for p in PHASES},
-            "rng_calls": None if rng_calls_before is None else train.rng_calls - rng_calls_before,
-        }
-        progress.epochs.append(row)
-        progress.phases = {p: after.get(p, 0.0) for p in PHASES}
-        if target is not None and test_acc >= target and "target_epoch" not in progress.summary:
-            progress.summary.update(target_epoch=epoch + 1, target_seconds=progress.total_seconds)
-        if on_epoch:
-            on_epoch(row)
+    return PreparedRun(
+        stage=stage, net=net, model=data_parallel(net, device, ranks),
+        optimizer=make_optimizer(net, opt_cfg, batch_size), train=train,
+        test=eval_batches(data.test_images, data.test_labels, opt_cfg.batch_size), average=average, amp=amp,
+        timer=timer, device=device, channels_last=channels_last, phase_timing=phase_timing, shard=shard,
+        epochs=epochs, steps_per_epoch=steps_per_epoch, steps_planned=steps_planned, flops_per_step=flops_per_step,
+        whole_batches=batch_sizes(len(data.train_labels), batch_size, stage.loader.drop_last, ranks),
+        target=preset.target_accuracy)
 
-    evaluated = average.model_to_evaluate() if average else net
+
+def _freeze_whitening_bias(run: PreparedRun, epoch: int) -> None:
+    """airbench: the whitening bias trains for its first epochs only."""
+    after = run.stage.optimizer.freeze_whitening_bias_after
+    if not after or epoch < after:
+        return
+    frozen = [bias for bias in _whitening_bias(run.net) if bias.requires_grad]
+    for bias in frozen:
+        bias.requires_grad_(False)  # SGD skips a parameter without a gradient
+    if frozen:  # DDP fixes its trained parameters when it wraps
+        run.model = data_parallel(run.net, run.device, run.shard.world_size)
+
+
+def run_epoch(run: PreparedRun, epoch: int, result: RunResult, on_step: Callable[[int], None]) -> EpochRow:
+    """Train epoch ``epoch`` (0-based) up to the run's last step, then the test pass."""
+    opt_cfg, timer, ranks = run.stage.optimizer, run.timer, run.shard.world_size
+    _freeze_whitening_bias(run, epoch)
+    before = timer.snapshot()
+    rng_calls_before = run.train.rng_calls
+    epoch_start = timer.now(sync=True)
+    stats = EpochStats(run.device, across_ranks=ranks > 1)
+    lr = 0.0
+    for step_in_epoch, (x, y) in enumerate(_timed(run.train, timer, run.device, run.channels_last)):
+        lr = run.stage.schedule.lr_at(result.steps / run.steps_per_epoch, run.epochs)
+        set_lr(run.optimizer, lr)
+        with timer.phase("forward_backward"):
+            with run.amp.autocast():
+                logits = run.model(x)
+                loss = loss_fn(logits, y, opt_cfg)
+            run.amp.backward(loss if ranks == 1 else
+                             loss * rank_loss_weight(len(y), run.whole_batches[step_in_epoch], ranks, opt_cfg))
+        stats.add(result.steps, loss / len(y) if opt_cfg.loss_reduction == "sum" else loss, logits, y)
+        if run.phase_timing == "sync" and not math.isfinite(last := stats.last_loss()):
+            raise NonFiniteLoss(result.steps, epoch + 1, last)
+        with timer.phase("optimizer_step"):
+            run.amp.step(run.optimizer)
+            run.optimizer.zero_grad(set_to_none=True)
+            result.steps += 1
+            if run.average:
+                run.average.after_step(result.steps)
+        on_step(result.steps)
+        if result.steps >= run.steps_planned:
+            break
+    losses, sizes, correct, bad_step = stats.read()
+    result.step_losses += losses
+    if bad_step is not None:
+        raise NonFiniteLoss(bad_step, epoch + 1, losses[bad_step - stats.first_step])
+    seen = sum(sizes)
+    with timer.phase("evaluation"):
+        test_loss, test_acc = evaluate(run.evaluated_net(), run.test, to_device=run.to_device,
+                                       autocast=run.amp.autocast)
+    seconds = timer.now(sync=True) - epoch_start
+    after = timer.snapshot()
+    result.total_seconds = sum(after.values())
+    row = EpochRow(
+        epoch=epoch + 1, lr=lr, train_loss=sum(l * n for l, n in zip(losses, sizes)) / max(seen, 1),
+        train_accuracy=correct / max(seen, 1), test_loss=test_loss, test_accuracy=test_acc, seconds=seconds,
+        elapsed_seconds=result.total_seconds, phases={p: after.get(p, 0.0) - before.get(p, 0.0) for p in PHASES},
+        rng_calls=None if rng_calls_before is None else run.train.rng_calls - rng_calls_before)
+    result.epochs.append(row)
+    result.phases = {p: after.get(p, 0.0) for p in PHASES}
+    if run.target is not None and test_acc >= run.target and result.target_epoch is None:
+        result.target_epoch, result.target_seconds = epoch + 1, result.total_seconds
+    return row
+
+
+def finish(run: PreparedRun, result: RunResult) -> None:
+    """The final TTA pass (stages that ask for one), each source's clock, FLOPs."""
+    timer = run.timer
     final_eval_seconds = 0.0
-    if stage.evaluation.tta != "none":
+    if run.stage.evaluation.tta != "none":
         with timer.phase("final_evaluation"):
-            _, tta_acc = evaluate(evaluated, test, to_device=to_device, autocast=amp.autocast, tta=stage.evaluation.tta)
+            _, result.final_accuracy = evaluate(run.evaluated_net(), run.test, to_device=run.to_device,
+                                                autocast=run.amp.autocast, tta=run.stage.evaluation.tta)
         final_eval_seconds = timer.totals["final_evaluation"]
-        progress.summary.update(test_accuracy=tta_acc, test_accuracy_no_tta=progress.epochs[-1]["test_accuracy"])
+        result.test_accuracy_no_tta = result.epochs[-1].test_accuracy
     totals = timer.snapshot()
     training = sum(totals.get(p, 0.0) for p in ("data_wait", "forward_backward", "optimizer_step"))
     parts = {"preprocessing": totals.get("preprocessing", 0.0), "training": training,
              "evaluation": totals.get("evaluation", 0.0), "final_evaluation": final_eval_seconds}
-    progress.total_seconds = sum(totals.values())
-    progress.phases = {p: totals.get(p, 0.0) for p in PHASES + ("final_evaluation",)}
-    progress.summary.update(
-        seconds_by_timing={name: sum(parts[p] for p in included) for name, included in TIMINGS.items()},
-        train_flops=flops_per_step * progress.steps_done,
-        flops_per_second=flops_per_step * progress.steps_done / training if training > 0 else None,
-    )
-    progress.summary.setdefault("target_epoch", None)
-    progress.summary.setdefault("target_seconds", None)
-    return progress
+    result.total_seconds = sum(totals.values())
+    result.phases = {p: totals.get(p, 0.0) for p in PHASES + ("final_evaluation",)}
+    result.seconds_by_timing = {clock: sum(parts[p] for p in included) for clock, included in CLOCKS.items()}
+    result.train_flops = run.flops_per_step * result.steps
+    result.flops_per_second = result.train_flops / training if training > 0 else None
+
+
+def train_stage(stage: StageConfig, preset: Preset, data: CifarArrays, *, device: torch.device, precision: str,
+                channels_last: bool, seed: int, phase_timing: str = "sync", shard: Shard = Shard(),
+                result: RunResult | None = None, hooks: Hooks = Hooks()) -> RunResult:
+    """One run of ``stage``: prepare, every epoch, finish. Pass ``result`` to keep what was
+    measured when the run fails or is interrupted part-way."""
+    result = RunResult() if result is None else result
+    run = prepare(stage, preset, data, result, device=device, precision=precision, channels_last=channels_last,
+                  seed=seed, phase_timing=phase_timing, shard=shard)
+    hooks.on_start(run.steps_planned)
+    for epoch in range(math.ceil(run.epochs)):
+        hooks.on_epoch(run_epoch(run, epoch, result, hooks.on_step))
+    finish(run, result)
+    return result

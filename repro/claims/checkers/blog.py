@@ -3,7 +3,7 @@ post's own arithmetic.
 
 The text searched is the full post when ``--blog-text FILE`` names it (the transcript
 004_2ca81225e9ca24a0.txt pastes it whole); otherwise the sentences of the post quoted
-verbatim in the claims catalogue (llm-claims.md §2), kept below. The stage times come from
+verbatim in the claims catalogue (its section on post 1), kept below. The stage times come from
 the stage configs, through ``resnet.blog_seconds``.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .common import COMPUTED, NO, PARTLY, TEXT, YES, Finding, fmt
 
-# Verbatim sentences (or sentence parts) of post 1, as quoted in llm-claims.md §2.
+# Verbatim sentences (or sentence parts) of post 1 (David Page, "How to Train Your ResNet 1", 2018).
 POST1_QUOTES: tuple[str, ...] = (
     "reproduce a baseline to train CIFAR10 in 6 minutes and then speed it up a little",
     "took a week to train on 16 GPUs",
@@ -37,7 +37,7 @@ POST1_QUOTES: tuple[str, ...] = (
     "save a further 4s … final training time for today of 297s",
     "shouldn't impact training time",
 )
-QUOTES_LABEL = ("the post-1 sentences quoted in llm-claims.md §2 (pass --blog-text with transcript "
+QUOTES_LABEL = ("the post-1 sentences quoted here (pass --blog-text with transcript "
                 "004_2ca81225e9ca24a0.txt to search the whole post)")
 
 
@@ -151,7 +151,7 @@ def count_flops_per_image(batch: int = 2, seed: int = 0) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from repro.nets import build_net
+    from repro.resnet.nets import build_net
 
     torch.manual_seed(seed)
     net = build_net()  # the default: the DAWNBench ResNet-18 of post 1, without the duplicate BN-ReLU
@@ -170,7 +170,7 @@ def _flops(ctx) -> dict:
 
 def _epochs() -> float:
     """The post's 35 epochs: the last knot of the LR schedule in the stage configs."""
-    from repro.config import load_stage
+    from repro.resnet.config import load_stage
 
     return float(load_stage("final").schedule.knots[-1])
 
@@ -182,7 +182,7 @@ def flops_per_image(claim, ctx) -> Finding:
         f"counted {fmt(f['total'], 3)} FLOP/image (forward {fmt(f['forward'], 3)}, backward "
         f"{fmt(f['backward'], 3)}; backward/forward {f['backward'] / f['forward']:.2f})",
         f["total"], float(claim.params["flops"]), claim.params["significant"],
-        "torch.utils.flop_counter.FlopCounterMode on repro.nets dawn_resnet18 (post 1's net; convs and "
+        "torch.utils.flop_counter.FlopCounterMode on repro.resnet.nets dawn_resnet18 (post 1's net; convs and "
         "matmuls only)", f)
 
 

@@ -92,13 +92,6 @@ def mc_mean(samples) -> Estimate:
     return Estimate(float(x.mean()), se, n)
 
 
-def ratio_of(a: Estimate, b: Estimate) -> Estimate:
-    """a/b for independent estimates (delta method)."""
-    r = a.mean / b.mean
-    se = abs(r) * math.hypot(a.se / a.mean, b.se / b.mean)
-    return Estimate(r, se, min(a.n, b.n))
-
-
 def difference(a: Estimate, b: Estimate) -> Estimate:
     return Estimate(a.mean - b.mean, math.hypot(a.se, b.se), min(a.n, b.n))
 

@@ -59,7 +59,7 @@ def time_precisions(width_divisor=4, batch_size=64, steps=3, repetitions=5, seed
     """Seconds per train step, fp32 vs bf16 (CPU) / fp16 (CUDA) autocast, interleaved repetitions."""
     import torch
 
-    from repro.nets import build_net
+    from repro.resnet.nets import build_net
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     low = torch.float16 if device == "cuda" else torch.bfloat16

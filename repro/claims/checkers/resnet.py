@@ -9,8 +9,8 @@ import functools
 
 from .common import NO, PARTLY, TEXT, YES, Finding, fmt
 
-from repro.config import load_ladders, load_stage
-from repro.ladder import ladder_rows
+from repro.resnet.config import load_ladders, load_stage
+from repro.resnet.ladder import ladder_rows
 
 STAGES = tuple(load_ladders()["post1"])
 
@@ -24,7 +24,7 @@ def blog_seconds() -> dict[str, float]:
 
 BLOG_ACCURACY = load_stage(STAGES[0]).source.accuracy  # the 94% every post-1 stage aims at
 PRESET_PREFERENCE = ("full", "cpu", "smoke")
-RUN_COMMAND = "python -m repro.resnet --stage all --preset cpu --data ../shared/data/cifar10-jpeg.tar.gz"
+RUN_COMMAND = "python -m repro.resnet --stage all --preset cpu --data PATH/cifar10-jpeg.tar.gz"
 
 
 def ok_records(log_dir) -> list[dict]:

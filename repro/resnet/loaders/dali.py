@@ -4,7 +4,7 @@ Fed from the decoded uint8 arrays through ``fn.external_source``, so every data 
 The set is reflect-padded once as uint8 (reflect padding commutes with the per-channel
 normalisation); per epoch the crop offsets and flips are drawn in bulk (two draws, as the
 torch path's ``rng = "bulk"``), fed beside each batch, and ``fn.crop_mirror_normalize`` crops
-32x32, flips and normalises with ``repro.loaders.MEAN/STD`` to float NCHW. On CUDA the images
+32x32, flips and normalises with ``base.MEAN/STD`` to float NCHW. On CUDA the images
 are moved to the GPU and the operator runs there; otherwise it is a CPU pipeline
 (``device_id=None``). ``last_choices`` keeps the epoch's per-image choices in data order.
 """
@@ -16,8 +16,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from repro.errors import UserError
-from repro.loaders import MEAN, PAD, SIZE, STD, CountingRNG, batch_sizes
+from ...errors import UserError
+from .base import MEAN, PAD, SIZE, STD, Accepts, CountingRNG, batch_sizes
 
 INSTALL_HINT = "the dali loader backend needs NVIDIA DALI: pip install 'repro[dali]'"
 
@@ -34,11 +34,14 @@ def _import_dali():
 class DaliBatches:
     """Iterable of (images float NCHW normalised, labels) batches for one epoch per ``iter()``."""
 
+    ACCEPTS = Accepts(reads=frozenset({"pad", "flip", "drop_last"}), flips=("random", "none"), cutout=False,
+                      split_over_ranks=False)
+
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
                  device: torch.device, pad: int = PAD, flip: str = "random", drop_last: bool = False,
                  num_threads: int = 2):
-        if flip not in ("random", "none"):
-            raise ValueError(f"the dali backend supports flip = \"random\" or \"none\", not {flip!r}")
+        if flip not in self.ACCEPTS.flips:
+            raise ValueError(f"the dali backend supports flip = {' or '.join(self.ACCEPTS.flips)}, not {flip!r}")
         fn, pipeline_def, types, self._feed = _import_dali()
         self.device, self.batch_size, self.drop_last = device, batch_size, drop_last
         self.pad, self.flip = pad, flip
