@@ -32,6 +32,24 @@ def cpu_supports_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def compiler_missing(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot generate code for ``device`` here, or None if it can:
+    inductor needs a C++ compiler for CPU code and Triton for CUDA code."""
+    import os
+    import shutil
+
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "Triton is not installed (pip install triton)"
+        return None
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    if not any(shutil.which(c) for c in candidates):
+        return f"no C++ compiler found ({', '.join(candidates)}; set CXX or install g++)"
+    return None
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -121,3 +139,82 @@ class PhaseTimer:
 
     def snapshot(self) -> dict[str, float]:
         return dict(self.totals)
+
+
+# ---- the machine's dense matmul rate: what a run's achieved FLOP/s is a fraction of
+
+PEAK_CACHE_NAME = "peak_flops.json"
+
+
+def _peak_key(device: torch.device, precision: str) -> str:
+    """What the rate depends on: the chip, the threads torch uses, torch's version, the dtype."""
+    from .runlog import hardware_info
+
+    hw = hardware_info()
+    chip = hw["gpu"] if device.type == "cuda" else hw["cpu"]
+    return f"{device.type}|{chip}|{torch.get_num_threads()} threads|torch {torch.__version__}|{precision}"
+
+
+def measure_matmul_flops(device: torch.device, precision: str, *, size: int | None = None,
+                         block_seconds: float = 0.3, blocks: int = 3) -> float:
+    """FLOP/s of square ``size`` x ``size`` matrix products in ``precision``'s dtype on ``device``:
+    the best of ``blocks`` timed blocks of back-to-back products (after a warm-up), each block
+    running for at least ``block_seconds``."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    size = size or (8192 if device.type == "cuda" else 2048)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=gen).to(dtype)
+    b = torch.randn(size, size, device=device, generator=gen).to(dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)  # primitive creation, kernel selection
+    sync()
+    best = 0.0
+    for _ in range(blocks):
+        count, start = 0, time.perf_counter()
+        while True:
+            torch.mm(a, b, out=out)
+            count += 1
+            if count % 4 == 0:
+                sync()
+                elapsed = time.perf_counter() - start
+                if elapsed >= block_seconds:
+                    break
+        best = max(best, 2 * size ** 3 * count / elapsed)
+    return best
+
+
+def peak_flops(device: torch.device, precision: str, cache_dir=None, *, remeasure: bool = False) -> tuple[float, bool]:
+    """(this machine's dense matmul FLOP/s in ``precision``, whether it came from the cache).
+
+    Measured once per chip, thread count, torch version and precision, then kept in
+    ``<cache>/peak_flops.json`` (``$REPRO_CACHE`` or ``~/.cache/repro``); a file that cannot be
+    read or written only costs a new measurement."""
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from .data import default_cache_dir
+
+    path = Path(cache_dir or default_cache_dir()) / PEAK_CACHE_NAME
+    key = _peak_key(device, precision)
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    if not remeasure and isinstance(cached.get(key), (int, float)) and cached[key] > 0:
+        return float(cached[key]), True
+    flops = measure_matmul_flops(device, precision)
+    cached[key] = flops
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(cached, fh, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return flops, False

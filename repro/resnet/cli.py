@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..data import SYNTHETIC, CifarArrays, load_cifar10
-from ..devices import PRECISIONS, resolve_device, resolve_precision
+from ..devices import PRECISIONS, compiler_missing, peak_flops, resolve_device, resolve_precision
 from ..errors import UserError, cli_main
 from .. import runlog
 from . import distributed
@@ -66,6 +66,13 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice, one per core); on a machine other "
                         "work is loading, 1 can be several times faster than 2")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="the per-epoch test pass after every N-th epoch and the last (default 1: every epoch); "
+                        "the final TTA pass always runs")
+    p.add_argument("--compile", action="store_true",
+                   help="train and evaluate torch.compile(net) (inductor; needs a C++ compiler on a CPU, Triton on "
+                        "CUDA); its one-time compilation is timed apart as the compile phase and counted in every "
+                        "clock. Without a compiler: one line, and the run goes on eager")
     p.add_argument("--log-dir", default="logs", help="where runs.jsonl is appended (default logs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch rows")
     p.add_argument("--ddp", action="store_true",
@@ -81,6 +88,10 @@ def parse_args(argv):
         raise UserError("--epochs must be above 0")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
+    if args.eval_every < 1:
+        raise UserError("--eval-every must be at least 1")
+    if args.compile and args.ddp:
+        raise UserError("--compile with --ddp is not supported: DistributedDataParallel re-wraps the net mid-run")
     return args
 
 
@@ -144,7 +155,13 @@ def resolve_options(args, device: torch.device, configs: ConfigDirs) -> RunOptio
     if args.epochs is not None:
         preset = replace(preset, epochs=args.epochs)
     timing = args.phase_timing if args.phase_timing != "auto" else ("deferred" if device.type == "cuda" else "sync")
+    compile_net = args.compile
+    if compile_net and (missing := compiler_missing(device)):
+        print(f"warning: --compile: {missing}; running eager", file=sys.stderr)
+        compile_net = False
+    peak, _ = peak_flops(device, precision, args.cache_dir)
     return RunOptions(device=device, precision=precision, preset=preset, preset_reason=reason,
+                      eval_every=args.eval_every, compile_net=compile_net, peak_flops=peak,
                       channels_last=preset.channels_last if args.channels_last is None else args.channels_last,
                       phase_timing=timing, log_dir=Path(args.log_dir),
                       seeds=tuple(range(args.seed, args.seed + args.runs)), show=not args.quiet)

@@ -74,6 +74,7 @@ class StageRow:
     p_target: float | None = None  # one-sided, mean accuracy above the target
     flops: float | None = None
     epoch_seconds: list[float] = field(default_factory=list)  # per run: mean wall seconds of an epoch (suite clock)
+    utilisation: list[float] = field(default_factory=list)  # per run: training FLOP/s / the machine's matmul rate
 
     @property
     def runs(self) -> int:
@@ -122,6 +123,7 @@ def ladder_rows(records: list[dict], target: float | None = None) -> list[StageR
             target_seconds=[r["target_seconds"] for r in recs if r.get("target_seconds") is not None],
             flops=statistics.fmean(r["train_flops"] for r in recs) if all(r.get("train_flops") for r in recs) else None,
             epoch_seconds=[statistics.fmean(e["seconds"] for e in r["epochs"]) for r in recs if r.get("epochs")],
+            utilisation=[r["utilisation"] for r in recs if r.get("utilisation") is not None],
         )
         if target is not None:
             row.reached = sum(a >= target for a in accs)
@@ -169,6 +171,7 @@ def table_cells(row: StageRow, target: float | None) -> dict[str, str]:
         "p(time)": fmt_p(row.p_time),
         "p(acc)": fmt_p(row.p_accuracy),
         "TFLOP": f"{row.flops / 1e12:.2f}" if row.flops else "-",
+        "util": fmt_mean_std(row.utilisation, 100, 0, "%") if row.utilisation else "-",
     }
     if target is not None:
         cells[f"≥{100 * target:g}%"] = f"{row.reached}/{row.runs}"

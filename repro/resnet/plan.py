@@ -45,6 +45,9 @@ class RunOptions:
     log_dir: Path
     seeds: tuple[int, ...]
     show: bool = True
+    eval_every: int = 1
+    compile_net: bool = False
+    peak_flops: float | None = None
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,9 @@ def _progress(console: Console, enabled: bool) -> Progress:
 
 
 def epoch_line(stage: str, row: EpochRow) -> str:
+    test = "     -" if row.test_accuracy is None else f"{100 * row.test_accuracy:5.1f}%"
     return (f"  {stage:<12} epoch {row.epoch:>3}  lr {row.lr:.4f}  train loss {row.train_loss:.3f}  "
-            f"test acc {100 * row.test_accuracy:5.1f}%  {row.seconds:6.1f}s  "
+            f"test acc {test}  {row.seconds:6.1f}s  "
             + "  ".join(f"{p.split('_')[0][:4]} {row.phases[p]:.1f}s" for p in PHASES))
 
 
@@ -170,7 +174,8 @@ def new_record(stage: StageConfig, seed: int, options: RunOptions, data: CifarAr
         data_source=data.source_label, synthetic=data.synthetic, train_images=int(len(data.train_labels)),
         test_images=int(len(data.test_labels)), width_divisor=preset.width_divisor,
         epochs_planned=run_epochs(preset, stage), blog_seconds=stage.source.seconds,
-        target_accuracy=preset.target_accuracy, config=stage.as_dict())
+        target_accuracy=preset.target_accuracy, config=stage.as_dict(), eval_every=options.eval_every,
+        compiled=options.compile_net)
 
 
 def run_one(stage: StageConfig, seed: int, options: RunOptions, data: CifarArrays, *, group_id: str,
@@ -189,7 +194,8 @@ def run_one(stage: StageConfig, seed: int, options: RunOptions, data: CifarArray
         with bar:
             train_stage(stage, options.preset, data, device=options.device, precision=options.precision,
                         channels_last=options.channels_last, seed=seed, phase_timing=options.phase_timing,
-                        shard=shard, result=record.result, hooks=hooks)
+                        shard=shard, result=record.result, hooks=hooks, eval_every=options.eval_every,
+                        compile_net=options.compile_net, peak_flops=options.peak_flops)
         record.status = "ok"
     except NonFiniteLoss as exc:
         record.status, record.error, record.result.failed_step = "failed", str(exc), exc.step

@@ -30,8 +30,8 @@ class EpochRow:
     lr: float
     train_loss: float
     train_accuracy: float
-    test_loss: float
-    test_accuracy: float
+    test_loss: float | None  # None: no test pass after this epoch (--eval-every)
+    test_accuracy: float | None
     seconds: float
     elapsed_seconds: float
     phases: dict[str, float]
@@ -57,6 +57,9 @@ class RunResult:
     target_seconds: float | None = None
     train_flops: int | None = None
     flops_per_second: float | None = None
+    peak_flops: float | None = None  # the machine's dense matmul FLOP/s in the run's precision
+    utilisation: float | None = None  # flops_per_second / peak_flops
+    compile_seconds: float | None = None  # torch.compile's one-time work (in total_seconds and every clock)
     failed_step: int | None = field(default=None, metadata=OPTIONAL)
     step_losses: list[float] = field(default_factory=list, metadata=NOT_RECORDED)
 
@@ -89,6 +92,8 @@ class RunRecord:
     blog_seconds: float | None = None
     target_accuracy: float | None = None
     config: dict[str, Any] | None = None
+    eval_every: int = 1  # the per-epoch test pass ran after every N-th epoch (and the last)
+    compiled: bool = False  # trained through torch.compile (--compile)
     ddp_ranks: int | None = field(default=None, metadata=OPTIONAL)
     rank: int | None = field(default=None, metadata=OPTIONAL)
     world_size: int | None = field(default=None, metadata=OPTIONAL)

@@ -1,0 +1,121 @@
+"""Training-step variants of one stage, side by side on the same batches: seconds per step,
+utilisation of this machine's matmul rate, and the loss after N steps.
+
+    python scripts/bench_step.py --stage airbench94 --preset full --steps 6
+    python scripts/bench_step.py --stage tta --preset full --variants eager,compiled,nchw
+
+Each variant builds the stage's net from the same seed, draws the same batches from the stage's
+own loader and runs ``--warmup`` untimed steps, then ``--steps`` timed ones through the training
+loop's own ``train_step``. Variants:
+
+* ``eager``: what a run does by default (channels_last as the preset says, fused SGD);
+* ``compiled``: ``--compile`` (torch.compile of the net; its compile time is shown apart);
+* ``nchw`` / ``nhwc``: the other memory format;
+* ``default_sgd`` / ``foreach``: torch's default SGD loop, or its foreach implementation;
+* ``fp32``: no autocast.
+
+Losses after N steps should agree to a few parts in a thousand (reduced precision, other kernels).
+A benchmark, not a record: nothing is appended to the run log. Run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+from repro.data import SYNTHETIC, load_cifar10
+from repro.devices import PRECISIONS, peak_flops, resolve_device, resolve_precision
+from repro.errors import UserError
+from repro.resnet.config import load_preset, load_stage
+from repro.resnet.records import RunResult
+from repro.resnet.train import EpochStats, make_optimizer, prepare, train_step
+
+VARIANTS = ("eager", "compiled", "nchw", "nhwc", "default_sgd", "foreach", "fp32")
+
+
+def run_variant(name: str, stage, preset, data, *, device, precision: str, steps: int, warmup: int) -> dict:
+    channels_last = {"nchw": False, "nhwc": True}.get(name, preset.channels_last)
+    precision = "fp32" if name == "fp32" else precision
+    result = RunResult()
+    run = prepare(stage, preset, data, result, device=device, precision=precision, channels_last=channels_last,
+                  seed=0, compile_net=name == "compiled")
+    if name in ("default_sgd", "foreach"):
+        run.optimizer = make_optimizer(run.net, stage.optimizer, run.train.batch_size,
+                                       implementation=name.removesuffix("_sgd"))
+    stats = EpochStats(device)
+    batches, seconds = iter(run.train), []
+    for i in range(warmup + steps):
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(run.train)
+            x, y = next(batches)
+        x, y = run.to_device(x, y)
+        start = time.perf_counter()
+        train_step(run, x, y, i % run.steps_per_epoch, result, stats, epoch=0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+    losses = stats.read()[0]
+    peak, _ = peak_flops(device, precision)
+    step = statistics.median(seconds)
+    return {"variant": name, "precision": precision, "channels_last": channels_last, "step": step,
+            "spread": (max(seconds) - min(seconds)) / step, "utilisation": run.flops_per_step / step / peak,
+            "loss": losses[-1], "compile": result.compile_seconds}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", default="airbench94")
+    p.add_argument("--preset", default="full")
+    p.add_argument("--data", default=SYNTHETIC)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--variants", default="eager,compiled,nchw,default_sgd",
+                   help="comma-separated, first is the reference: " + ", ".join(VARIANTS))
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        variants = args.variants.split(",")
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise UserError(f"unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.precision, device)
+        stage, preset = load_stage(args.stage), load_preset(args.preset)
+        if args.data == SYNTHETIC:
+            sizes = (preset.train_images or 10_000, preset.test_images or 1000)
+            data = load_cifar10(SYNTHETIC, synthetic_sizes=sizes, seed=0)
+        else:
+            data = load_cifar10(args.data).subset(preset.train_images, preset.test_images)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # a small test set: the benchmark times training steps only
+    data = replace(data, test_images=data.test_images[:256], test_labels=data.test_labels[:256])
+    print(f"{args.stage}, preset {args.preset}, {device}, {torch.get_num_threads()} threads, {precision}, "
+          f"{args.steps} timed steps after {args.warmup}; data {data.source_label}")
+    rows = []
+    for name in variants:
+        rows.append(run_variant(name, stage, preset, data, device=device, precision=precision, steps=args.steps,
+                                warmup=args.warmup))
+        r = rows[-1]
+        print(f"  {name:9} {r['step']:7.3f} s/step  ÷{variants[0]} {r['step'] / rows[0]['step']:5.2f}  "
+              f"spread {100 * r['spread']:4.0f}%  utilisation {100 * r['utilisation']:5.1f}%  "
+              f"loss {r['loss']:.4f} (÷{variants[0]} {r['loss'] / rows[0]['loss']:.4f})"
+              + (f"  compile {r['compile']:.0f} s" if r["compile"] else ""), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
