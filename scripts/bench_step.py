@@ -77,10 +77,13 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=SYNTHETIC)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument("--variants", default="eager,compiled,nchw,default_sgd",
+    p.add_argument("--variants", default="eager,default_sgd,compiled,nchw",
                    help="comma-separated, first is the reference: " + ", ".join(VARIANTS))
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the variants this many times, round robin, and report each one's median: "
+                        "a machine that speeds up or slows down over minutes then favours none of them")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     try:
@@ -104,14 +107,20 @@ def main(argv=None) -> int:
     # a small test set: the benchmark times training steps only
     data = replace(data, test_images=data.test_images[:256], test_labels=data.test_labels[:256])
     print(f"{args.stage}, preset {args.preset}, {device}, {torch.get_num_threads()} threads, {precision}, "
-          f"{args.steps} timed steps after {args.warmup}; data {data.source_label}")
+          f"{args.steps} timed steps after {args.warmup}, x{args.repeats} round robin; data {data.source_label}")
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name in variants:
+            runs[name].append(run_variant(name, stage, preset, data, device=device, precision=precision,
+                                          steps=args.steps, warmup=args.warmup))
     rows = []
     for name in variants:
-        rows.append(run_variant(name, stage, preset, data, device=device, precision=precision, steps=args.steps,
-                                warmup=args.warmup))
-        r = rows[-1]
+        r = dict(min(runs[name], key=lambda v: abs(v["step"] - statistics.median(x["step"] for x in runs[name]))))
+        r["spread"] = (max(x["step"] for x in runs[name]) - min(x["step"] for x in runs[name])) / r["step"] \
+            if args.repeats > 1 else r["spread"]
+        rows.append(r)
         print(f"  {name:9} {r['step']:7.3f} s/step  ÷{variants[0]} {r['step'] / rows[0]['step']:5.2f}  "
-              f"spread {100 * r['spread']:4.0f}%  utilisation {100 * r['utilisation']:5.1f}%  "
+              f"spread {100 * r['spread']:4.0f}%{' over repeats' if args.repeats > 1 else ''}  utilisation {100 * r['utilisation']:5.1f}%  "
               f"loss {r['loss']:.4f} (÷{variants[0]} {r['loss'] / rows[0]['loss']:.4f})"
               + (f"  compile {r['compile']:.0f} s" if r["compile"] else ""), flush=True)
     return 0

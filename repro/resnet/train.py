@@ -75,10 +75,11 @@ def param_groups(net: nn.Module, opt: OptimizerSection, batch_size: int) -> list
 
 def make_optimizer(net: nn.Module, opt: OptimizerSection, batch_size: int, *, implementation: str = "fused"
                    ) -> torch.optim.SGD:
-    """SGD over the two parameter groups. ``implementation``: ``fused`` (one kernel for every
-    parameter; the same update, 7% faster per airbench94 step on a 2-core CPU, see
-    scripts/bench_step.py), ``foreach``, or torch's ``default`` loop over the parameters. A torch
-    without fused SGD for the device gets the default."""
+    """SGD over the two parameter groups. ``implementation``: ``fused`` (one kernel for all the
+    parameters: the same update; on a 2-core CPU no measurable gain, the optimizer step being
+    ~0.2% of an airbench94 step, see scripts/bench_step.py; on a GPU it saves kernel launches),
+    ``foreach``, or torch's ``default`` loop over the parameters. A torch without fused SGD for
+    the device gets the default."""
     flags = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[implementation]
     groups = param_groups(net, opt, batch_size)
     try:
