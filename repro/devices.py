@@ -60,21 +60,36 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """auto = fp16 + GradScaler on CUDA, bf16 on a CPU with native bf16, else fp32.
+def cuda_supports_bf16(device: torch.device) -> bool:
+    """True on GPUs that compute bf16 natively (compute capability 8.0 and up: A100, H100, ...);
+    older ones (V100, T4) only emulate it, which torch's ``is_bf16_supported`` may count."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """(precision, why): ``auto`` = bf16 autocast on a GPU or CPU with native bf16 (no loss
+    scaling, so no host read per step); fp16 + GradScaler on a GPU without it; else fp32.
 
     fp16 on a CPU is allowed when asked for (autocast and GradScaler both run there, which is
-    how the tests exercise the scaler path) but never chosen: CPUs compute fp16 slowly.
-    """
+    how the tests exercise the scaler path) but never chosen: CPUs compute fp16 slowly."""
     if requested not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")
     if requested == "auto":
         if device.type == "cuda":
-            return "fp16"
-        return "bf16" if cpu_supports_bf16() else "fp32"
-    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("--precision bf16: this GPU has no bf16 support; use fp16")
-    return requested
+            if cuda_supports_bf16(device):
+                return "bf16", "auto: this GPU computes bf16 natively, so bf16 autocast and no loss scaler"
+            return "fp16", "auto: this GPU has no native bf16, so fp16 autocast with a GradScaler"
+        if cpu_supports_bf16():
+            return "bf16", "auto: this CPU computes bf16 natively (AVX512-BF16 or AMX)"
+        return "fp32", "auto: this CPU has no native bf16 (emulated bf16 is slower than fp32)"
+    if requested == "bf16" and device.type == "cuda" and not cuda_supports_bf16(device):
+        raise UserError("--precision bf16: this GPU has no native bf16; use fp16 (or auto)")
+    return requested, "requested"
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision ``choose_precision`` picks."""
+    return choose_precision(requested, device)[0]
 
 
 @dataclass

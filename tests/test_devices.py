@@ -5,7 +5,7 @@ import torch
 from conftest import assert_close_to_scale
 
 from repro import devices
-from repro.devices import PhaseTimer, Precision, resolve_precision
+from repro.devices import PhaseTimer, Precision, choose_precision, resolve_precision
 from repro.errors import UserError
 
 CPU = torch.device("cpu")
@@ -18,8 +18,21 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch):
     assert resolve_precision("auto", CPU) == "fp32"
 
 
-def test_auto_precision_on_cuda_is_fp16_with_a_cuda_scaler(monkeypatch):
-    assert resolve_precision("auto", torch.device("cuda")) == "fp16"  # decided without touching CUDA
+@pytest.mark.parametrize("capability, expected", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16"),
+                                                 ((7, 0), "fp16")])
+def test_auto_precision_on_cuda_is_bf16_where_native_else_fp16(monkeypatch, capability, expected):
+    """H100/A100 compute bf16 natively; T4/V100 only emulate it, so they get fp16 with a scaler."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    precision, why = choose_precision("auto", torch.device("cuda"))
+    assert precision == expected
+    assert ("no loss scaler" in why) if expected == "bf16" else ("GradScaler" in why)
+    if expected == "fp16":
+        with pytest.raises(UserError, match="--precision bf16: this GPU has no native bf16; use fp16"):
+            choose_precision("bf16", torch.device("cuda"))
+    assert choose_precision("fp16", torch.device("cuda")) == ("fp16", "requested")
+
+
+def test_fp16_gets_a_scaler_on_its_own_device_type(monkeypatch):
     made = []
     monkeypatch.setattr(devices.torch.amp, "GradScaler", lambda device, **kw: made.append(device) or "scaler")
     assert Precision(torch.device("cuda"), "fp16").scaler == "scaler"

@@ -13,6 +13,9 @@ import torch
 from repro.resnet.config import load_preset, load_stage
 from repro.data import make_synthetic
 from repro.devices import PhaseTimer
+from repro.resnet import cli
+from repro.resnet import train as train_module
+from repro.resnet.config import ConfigDirs
 from repro.resnet.train import NonFiniteLoss, train_stage
 
 DATA = make_synthetic(256, 64, seed=0)
@@ -41,11 +44,11 @@ def _counting(monkeypatch) -> dict:
     return counts
 
 
-def _run(mode, stage="final", epochs=2, batch_size=32):
+def _run(mode, stage="final", epochs=2, batch_size=32, precision="fp32"):
     preset = dataclasses.replace(load_preset("smoke"), epochs=epochs, train_images=256, test_images=64)
     st = dataclasses.replace(load_stage(stage), optimizer=dataclasses.replace(load_stage(stage).optimizer,
                                                                               batch_size=batch_size))
-    return train_stage(st, preset, DATA, device=torch.device("cpu"), precision="fp32", channels_last=False, seed=5,
+    return train_stage(st, preset, DATA, device=torch.device("cpu"), precision=precision, channels_last=False, seed=5,
                        phase_timing=mode)
 
 
@@ -58,14 +61,14 @@ def test_both_modes_train_identically_on_cpu():
     assert "serialise" in sync.phase_timing and "one synchronisation per epoch" in deferred.phase_timing
 
 
-def _per_step(mode, monkeypatch):
+def _per_step(mode, monkeypatch, precision="fp32", stage="final"):
     """(syncs, reads) added by each extra training step: the same run with 8 and with 16 steps per epoch."""
-    _run(mode)  # one-time reads (lazy initialisation) happen here, uncounted
+    _run(mode, stage, precision=precision)  # one-time reads (lazy initialisation) happen here, uncounted
     counts = _counting(monkeypatch)
-    few = _run(mode, batch_size=32)
+    few = _run(mode, stage, batch_size=32, precision=precision)
     few_counts = dict(counts)
     counts.update(reads=0, syncs=0)
-    many = _run(mode, batch_size=16)
+    many = _run(mode, stage, batch_size=16, precision=precision)
     many_counts = dict(counts)
     extra = many.steps - few.steps
     assert (few.steps, many.steps) == (16, 32)
@@ -82,6 +85,28 @@ def test_sync_mode_synchronises_every_phase_and_reads_every_step(monkeypatch):
     (syncs, reads), _ = _per_step("sync", monkeypatch)
     assert syncs >= 6  # data wait, forward+backward, optimiser step: each at its start and end
     assert reads >= 1  # the loss checked after every step
+
+
+@pytest.mark.parametrize("capability, precision", [((9, 0), "bf16"), ((7, 0), "fp16")])
+def test_the_cuda_default_reads_nothing_back_per_step_on_either_kind_of_gpu(monkeypatch, capability, precision):
+    """The options a CUDA run gets by default (the GPU's capability mocked), run on the CPU: bf16
+    has no scaler; fp16's GradScaler hands its overflow flag to the fused SGD on the device."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(cli, "peak_flops", lambda device, precision, cache_dir=None: (1e12, True))
+    options = cli.resolve_options(cli.parse_args(["--stage", "final"]), torch.device("cuda"), ConfigDirs())
+    assert (options.precision, options.phase_timing) == (precision, "deferred")
+    # bn_fp32: BN kept in fp32, as every stage from post 3 on (the scaler refuses fp16 BN weights unfused)
+    (syncs, reads), _ = _per_step(options.phase_timing, monkeypatch, precision=options.precision, stage="bn_fp32")
+    assert syncs == 0 and reads == 0
+
+
+def test_fp16_with_torchs_default_sgd_loop_reads_the_scaler_flag_every_step(monkeypatch):
+    """What the fused SGD saves: torch's default loop makes the scaler check for inf on the host."""
+    real = train_module.make_optimizer
+    monkeypatch.setattr(train_module, "make_optimizer",
+                        lambda *a, **k: real(*a, **{**k, "implementation": "default"}))
+    (syncs, reads), _ = _per_step("deferred", monkeypatch, precision="fp16", stage="bn_fp32")
+    assert syncs == 0 and reads == 1
 
 
 @pytest.mark.parametrize("mode", ["sync", "deferred"])

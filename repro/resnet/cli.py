@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..data import SYNTHETIC, CifarArrays, load_cifar10
-from ..devices import PRECISIONS, compiler_missing, peak_flops, resolve_device, resolve_precision
+from ..devices import PRECISIONS, choose_precision, compiler_missing, peak_flops, resolve_device
 from ..errors import UserError, cli_main
 from .. import runlog
 from . import distributed
@@ -52,7 +52,8 @@ def parse_args(argv):
     p.add_argument("--cache-dir", default=None, help="where downloads and decoded arrays live (default ~/.cache/repro)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto = fp16+GradScaler on CUDA, bf16 on a CPU with native bf16, else fp32")
+                   help="auto = bf16 on a GPU or CPU with native bf16; fp16 + GradScaler on a GPU without it; "
+                        "else fp32")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default: the preset's choice)")
     p.add_argument("--epochs", type=float, default=None,
@@ -150,7 +151,7 @@ def load_data(args, preset: Preset) -> CifarArrays:
 
 def resolve_options(args, device: torch.device, configs: ConfigDirs) -> RunOptions:
     """The command line, decided once: what ``auto`` means here, the preset, the seeds."""
-    precision = resolve_precision(args.precision, device)
+    precision, precision_reason = choose_precision(args.precision, device)
     preset, reason = choose_preset(args.preset, device, configs)
     if args.epochs is not None:
         preset = replace(preset, epochs=args.epochs)
@@ -160,7 +161,8 @@ def resolve_options(args, device: torch.device, configs: ConfigDirs) -> RunOptio
         print(f"warning: --compile: {missing}; running eager", file=sys.stderr)
         compile_net = False
     peak, _ = peak_flops(device, precision, args.cache_dir)
-    return RunOptions(device=device, precision=precision, preset=preset, preset_reason=reason,
+    return RunOptions(device=device, precision=precision, precision_reason=precision_reason, preset=preset,
+                      preset_reason=reason,
                       eval_every=args.eval_every, compile_net=compile_net, peak_flops=peak,
                       channels_last=preset.channels_last if args.channels_last is None else args.channels_last,
                       phase_timing=timing, log_dir=Path(args.log_dir),

@@ -38,6 +38,7 @@ class RunOptions:
 
     device: torch.device
     precision: str
+    precision_reason: str
     preset: Preset
     preset_reason: str
     channels_last: bool
@@ -170,7 +171,8 @@ def new_record(stage: StageConfig, seed: int, options: RunOptions, data: CifarAr
     preset = options.preset
     return RunRecord(
         stage=stage.name, seed=seed, group_id=group_id, preset=preset.name, preset_reason=options.preset_reason,
-        device=str(options.device), precision=options.precision, channels_last=options.channels_last,
+        device=str(options.device), precision=options.precision, precision_reason=options.precision_reason,
+        channels_last=options.channels_last,
         data_source=data.source_label, synthetic=data.synthetic, train_images=int(len(data.train_labels)),
         test_images=int(len(data.test_labels)), width_divisor=preset.width_divisor,
         epochs_planned=run_epochs(preset, stage), blog_seconds=stage.source.seconds,

@@ -82,6 +82,7 @@ class RunRecord:
     preset_reason: str | None = None
     device: str | None = None
     precision: str | None = None
+    precision_reason: str | None = None  # requested, or why auto chose it
     channels_last: bool | None = None
     data_source: str | None = None
     synthetic: bool | None = None
