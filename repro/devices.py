@@ -112,12 +112,18 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
+    def step(self, optimizer) -> None:
+        """Step ``optimizer`` (or each of an ``OptimizerSet``'s), through the scaler for fp16."""
+        optimizers = getattr(optimizer, "optimizers", (optimizer,))
         if self.scaler:
-            self.scaler.step(optimizer)  # skips the step if the scaled grads overflowed
+            if any(not isinstance(opt, torch.optim.Optimizer) for opt in optimizers):
+                raise ValueError("fp16's GradScaler steps torch optimizers only (Muon stages run in bf16 or fp32)")
+            for opt in optimizers:
+                self.scaler.step(opt)  # skips the step if the scaled grads overflowed
             self.scaler.update()
         else:
-            optimizer.step()
+            for opt in optimizers:
+                opt.step()
 
 
 class PhaseTimer:

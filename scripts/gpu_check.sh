@@ -28,14 +28,17 @@ except ImportError:
     print("nvidia-dali not installed: the DALI GPU test skips (pip install -e '.[dali]')")
 PY
 
-echo "== 1/3 pytest -m gpu"
+echo "== 1/4 pytest -m gpu"
 "$PY" -m pytest -m gpu -rs 2>&1 | tee "$LOG_DIR/pytest-gpu.txt"
 
-echo "== 2/3 final, preset full, once"
+echo "== 2/4 final, preset full, once"
 "$PY" -m repro.resnet --stage final --preset full --device cuda --data "$DATA" --log-dir "$LOG_DIR"
 
-echo "== 3/3 the post-1 ladder, preset full"
+echo "== 3/4 the post-1 ladder, preset full"
 "$PY" -m repro.resnet --stage all --preset full --device cuda --data "$DATA" --log-dir "$LOG_DIR"
+
+echo "== 4/4 airbench94 and the later records (Muon, 95%), preset full, 3 runs each"
+"$PY" -m repro.resnet --ladder records --preset full --device cuda --runs 3 --data "$DATA" --log-dir "$LOG_DIR"
 
 echo "== comparison with the blog"
 "$PY" -m repro.report --log-dir "$LOG_DIR"

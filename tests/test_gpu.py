@@ -116,11 +116,13 @@ def test_device_loader_on_cuda_gives_the_cpu_batches(choices, cutout):
             torch.testing.assert_close(xg.cpu(), xc)
 
 
-def test_one_epoch_of_final_on_cuda(tmp_path):
-    code = resnet.main(["--stage", "final", "--preset", "smoke", "--data", "synthetic", "--device", "cuda",
+@pytest.mark.parametrize("stage", ["final", "airbench94", "airbench94_muon", "airbench95", "airbench96"])
+def test_one_epoch_on_cuda_with_the_default_precision(stage, tmp_path):
+    code = resnet.main(["--stage", stage, "--preset", "smoke", "--data", "synthetic", "--device", "cuda",
                         "--epochs", "1", "--quiet", "--log-dir", str(tmp_path)])
     assert code == 0
     (rec,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines() if line.strip()]
     assert rec["status"] == "ok" and rec["device"].startswith("cuda") and len(rec["epochs"]) == 1
-    assert rec["precision"] == "fp16"  # auto on CUDA
+    native_bf16 = torch.cuda.get_device_capability() >= (8, 0)
+    assert rec["precision"] == ("bf16" if native_bf16 else "fp16")  # auto on CUDA
     assert rec["phase_timing"].startswith("deferred")  # auto on CUDA: no per-step synchronisation

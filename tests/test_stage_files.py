@@ -2,6 +2,7 @@
 one's own is one TOML file in a --config-dir. Plus the refactor's own check: the same seed
 trains every stage exactly as the code before the move did."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -118,12 +119,16 @@ def test_the_progress_total_is_the_runs_own_step_count(monkeypatch, tmp_path):
 def _trajectory(stage: str) -> dict:
     from repro.resnet.train import train_stage
 
+    config = load_stage(stage)
+    if stage == "airbench94":  # since the fixture, the whitening bias left the x64 bias group (the record's own)
+        config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
+                                                                           whitening_bias_group="biases"))
     preset = load_preset("smoke")
     data = load_cifar10(SYNTHETIC, synthetic_sizes=(preset.train_images, preset.test_images), seed=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = train_stage(load_stage(stage), preset, data, device=torch.device("cpu"), precision="fp32",
+        result = train_stage(config, preset, data, device=torch.device("cpu"), precision="fp32",
                              channels_last=False, seed=0)
     finally:
         torch.set_num_threads(threads)
@@ -131,7 +136,7 @@ def _trajectory(stage: str) -> dict:
             "final_test_accuracy": result.test_accuracy}
 
 
-@pytest.mark.parametrize("stage", available_stages())
+@pytest.mark.parametrize("stage", json.loads(FIXTURE.read_text())["stages"])
 def test_the_same_seed_trains_every_stage_as_before_the_move(stage):
     """The fixture was recorded by the code before the package was reorganised (commit in the
     file): same stage, seed and data, fp32, one thread. On the machine that recorded it the

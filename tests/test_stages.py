@@ -40,12 +40,17 @@ def _changed(a, b) -> set[str]:
 
 def test_ladder_order_is_the_extends_chain():
     order = available_stages()
-    assert order[:5] == POST1 and order[-2:] == ["tta", "airbench94"] and len(order) == 21
-    for parent, child in zip(order, order[1:]):
+    main = order[:order.index("airbench94") + 1]  # post 1 -> post 8 -> airbench94: one chain
+    assert main[:5] == POST1 and main[-2:] == ["tta", "airbench94"] and len(main) == 21
+    for parent, child in zip(main, main[1:]):
         assert load_stage(child).extends == parent
+    # the later records branch off airbench94, each its own successor of it
+    assert order[len(main):] == ["airbench94_muon", "airbench95", "airbench96"]
+    assert [load_stage(s).extends for s in order[len(main):]] == ["airbench94", "airbench94", "airbench95"]
     ladders = load_ladders()
     assert ladders["post1"] == POST1 and ladders["all"] == order
     assert ladders["bag_of_tricks"][0] == "resnet9" and ladders["bag_of_tricks"][-1] == "tta"
+    assert ladders["records"] == ["airbench94", "airbench94_muon", "airbench95", "airbench96"]
 
 
 @pytest.mark.parametrize("stage", available_stages()[1:])
@@ -206,7 +211,8 @@ def test_workers_are_used_as_configured(monkeypatch):
 
 def test_unknown_stage_lists_valid_ones():
     with pytest.raises(UserError, match="unknown stage 'fastest'; valid stages: baseline, simplified, preprocessed, "
-                                        "bulk_rng, final, batch512, .*, tta, airbench94, all"):
+                                        "bulk_rng, final, batch512, .*, tta, airbench94, airbench94_muon, airbench95, "
+                                        "airbench96, all"):
         load_stage("fastest")
 
 

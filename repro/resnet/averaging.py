@@ -29,10 +29,16 @@ def _float_state(module: nn.Module) -> list[torch.Tensor]:
 
 
 class WeightAverage:
-    def __init__(self, net: nn.Module, kind: str, momentum: float, every: int, total_steps: int):
+    def __init__(self, net: nn.Module, kind: str, momentum: float, every: int, total_steps: int, *,
+                 start_step: int = 0, copy_back_each_epoch: bool = False):
+        """``start_step`` (airbench95): no averaging during the first steps; the first update
+        after them starts the average afresh from the weights. ``copy_back_each_epoch``
+        (airbench95): ``end_epoch`` sets the weights to the average."""
         if kind not in KINDS:
             raise ValueError(f"EMA kind must be one of {KINDS}, not {kind!r}")
         self.kind, self.momentum, self.every, self.total_steps = kind, momentum, every, total_steps
+        self.start_step, self.copy_back_each_epoch = start_step, copy_back_each_epoch
+        self.started = start_step == 0
         self.updates = 0
         self.net = net
         self.average = copy.deepcopy(net)
@@ -51,6 +57,13 @@ class WeightAverage:
         last = step >= self.total_steps
         if step % self.every and not (last and self.kind == "lookahead"):
             return
+        if step - 1 < self.start_step:  # this step belonged to the epochs before the average starts
+            return
+        if not self.started:
+            for avg, live in zip(_float_state(self.average), _float_state(self.net)):
+                avg.copy_(live.detach())
+            self.started = True
+            return
         decay = self.decay(step)
         self.updates += 1
         # eval_copy: the bias-corrected weight of the new sample, 1 at the first update
@@ -58,6 +71,12 @@ class WeightAverage:
         for avg, live in zip(_float_state(self.average), _float_state(self.net)):
             avg.lerp_(live.detach(), weight)
             if self.kind == "lookahead":
+                live.copy_(avg)
+
+    @torch.no_grad()
+    def end_epoch(self) -> None:
+        if self.copy_back_each_epoch and self.started:
+            for avg, live in zip(_float_state(self.average), _float_state(self.net)):
                 live.copy_(avg)
 
     def model_to_evaluate(self) -> nn.Module:

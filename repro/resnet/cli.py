@@ -132,7 +132,11 @@ def print_stage_list(console: Console, configs: ConfigDirs) -> None:
     for col in ("stage", "epochs", "source s", "clock", "source acc", "what it changes"):
         table.add_column(col, justify="left" if col in ("stage", "what it changes", "clock") else "right")
     for name in available_stages(configs):
-        st = load_stage(name, configs)
+        try:
+            st = load_stage(name, configs)
+        except UserError as exc:  # e.g. the Muon stage on a torch without torch.optim.Muon: the others still list
+            table.add_row(name, "-", "-", "-", "-", f"cannot be loaded here: {exc}")
+            continue
         src = st.source
         table.add_row(name, f"{st.schedule.epochs:g}", f"{src.seconds:g}" if src.seconds else "-",
                       f"{src.timing} ({src.hardware})", f"{100 * src.accuracy:.2f}%" if src.accuracy else "-",
@@ -195,6 +199,9 @@ def _main(args, console: Console, configs: ConfigDirs, ctx) -> int:
         console.quiet = True  # ranks > 0 print nothing but errors (stderr)
     options = resolve_options(args, ctx.device if ctx is not None else resolve_device(args.device), configs)
     plan = Plan(tuple(load_stage(name, configs) for name in select_stages(args, configs)), options.seeds)
+    if options.precision == "fp16" and any(stage.optimizer.kind == "muon" for stage in plan.stages):
+        raise UserError("Muon stages run in bf16 or fp32, not fp16 (GradScaler steps torch optimizers only); "
+                        "use --precision bf16 or fp32")
     if args.ddp:  # every stage and the log dir are checked before any data is read
         for stage in plan.stages:
             check_split_over_ranks(stage, options.preset, ctx.world_size)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from . import averaging, evaluation, loaders, nets
+from . import averaging, evaluation, loaders, muon, nets
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -137,6 +137,15 @@ class OptimizerSection:
     bias_wd_factor: float = 1.0
     # airbench: the whitening bias trains for this many epochs, then freezes (0 = never frozen)
     freeze_whitening_bias_after: float = 0.0
+    # which SGD group the whitening bias joins: "biases" (LR x bias_lr_factor) or "weights" (airbench94, 95)
+    whitening_bias_group: str = "biases"
+    # "linear": its LR falls from the peak to 0 at freeze_whitening_bias_after, on its own (airbench94_muon)
+    whitening_bias_decay: str = "none"
+    # "muon": the conv filters take Muon steps (orthogonalised momentum, filters re-normalised), the rest SGD
+    kind: str = "sgd"
+    muon_lr: float = 0.0  # Muon's LR at the schedule's peak; it follows the schedule's shape
+    muon_momentum: float = 0.6
+    muon_ns_steps: int = 3  # Newton-Schulz iterations
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,8 @@ class EmaSection:
     kind: str = "none"  # "eval_copy" (post 8: evaluate an averaged copy) | "lookahead" (airbench: copy back)
     momentum: float = 0.99  # per step; applied every `every` steps as momentum ** every
     every: int = 5
+    start_epochs: float = 0.0  # airbench95: the average starts from the weights after this many epochs
+    copy_back_each_epoch: bool = False  # airbench95: the weights are set to the average at every epoch's end
 
 
 @dataclass(frozen=True)
@@ -233,6 +244,9 @@ def _choices() -> dict[tuple[str, str], tuple[str, ...]]:
         ("loader", "flip"): tuple(dict.fromkeys(f for cls in loaders.BACKENDS.values() for f in cls.ACCEPTS.flips)),
         ("loader", "choices"): loaders.DeviceBatches.CHOICE_MODES,
         ("optimizer", "loss_reduction"): ("mean", "sum"),  # the two reductions of F.cross_entropy the ladder uses
+        ("optimizer", "kind"): muon.OPTIMIZER_KINDS,
+        ("optimizer", "whitening_bias_group"): ("biases", "weights"),
+        ("optimizer", "whitening_bias_decay"): ("none", "linear"),
         ("ema", "kind"): ("none",) + averaging.KINDS,
         ("evaluation", "tta"): evaluation.TTA_MODES,
         ("source", "timing"): tuple(CLOCKS),
@@ -412,6 +426,18 @@ def _check_stage(stage: StageConfig, where: str) -> None:
         raise UserError(f"{where}: optimizer.freeze_whitening_bias_after must be >= 0")
     if stage.ema.kind != "none" and not (stage.ema.every >= 1 and 0 < stage.ema.momentum < 1):
         raise UserError(f"{where}: ema.every must be >= 1 and ema.momentum in (0, 1)")
+    if stage.ema.start_epochs < 0:
+        raise UserError(f"{where}: ema.start_epochs must be >= 0")
+    if opt.whitening_bias_decay == "linear" and opt.freeze_whitening_bias_after <= 0:
+        raise UserError(f'{where}: optimizer.whitening_bias_decay = "linear" needs freeze_whitening_bias_after > 0 '
+                        "(the epoch its LR reaches 0)")
+    if opt.kind == "muon":
+        if not (opt.muon_lr > 0 and 0 <= opt.muon_momentum < 1 and opt.muon_ns_steps >= 1):
+            raise UserError(f"{where}: Muon needs optimizer.muon_lr > 0, muon_momentum in [0, 1), muon_ns_steps >= 1")
+        try:
+            muon.require_muon()
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
 
 
 def load_stage(name_or_path: str, where: ConfigDirs | os.PathLike | None = None) -> StageConfig:

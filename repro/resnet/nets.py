@@ -355,10 +355,17 @@ class IdentityInitConv(nn.Conv2d):
 
 def airbench94(*, widths: tuple = (64, 256, 256), logit_scale: float = 1 / 9, bn_eps: float = 1e-12,
                bn_momentum: float = 0.4, whitening_eps: float = 5e-4, whitening_images: int = 5000,
-               width_divisor: int = 1) -> nn.Module:
+               head_init: str = "default", convs_per_group: int = 2, width_divisor: int = 1) -> nn.Module:
     """2x2 whitening (12 eigenvectors and their negatives, with a bias) -> GELU -> three groups
     (conv, pool, BN, GELU, conv, BN, GELU) -> 3x3 max-pool -> Linear without bias x ``logit_scale``.
-    BN scales are frozen at 1; ``bn_momentum`` is PyTorch's convention."""
+    BN scales are frozen at 1; ``bn_momentum`` is PyTorch's convention. ``head_init = "unit_std"``
+    (airbench94_muon) rescales the Linear's initial weights to standard deviation 1.
+    ``convs_per_group = 3`` (airbench96): after the pooled conv, two convs (each BN, GELU) with a
+    residual connection over them."""
+    if head_init not in ("default", "unit_std"):
+        raise ValueError(f"head_init must be default or unit_std, not {head_init!r}")
+    if convs_per_group not in (2, 3):
+        raise ValueError(f"convs_per_group must be 2 or 3, not {convs_per_group!r}")
     w = [_width(int(c), width_divisor) for c in widths]
 
     def bn(c):
@@ -369,10 +376,18 @@ def airbench94(*, widths: tuple = (64, 256, 256), logit_scale: float = 1 / 9, bn
         nn.GELU()]
     c_in = 24
     for c_out in w:
-        layers += [IdentityInitConv(c_in, c_out), nn.MaxPool2d(2), bn(c_out), nn.GELU(),
-                   IdentityInitConv(c_out, c_out), bn(c_out), nn.GELU()]
+        layers += [IdentityInitConv(c_in, c_out), nn.MaxPool2d(2), bn(c_out), nn.GELU()]
+        second = [IdentityInitConv(c_out, c_out), bn(c_out), nn.GELU()]
+        if convs_per_group == 3:
+            layers.append(Residual(*second, IdentityInitConv(c_out, c_out), bn(c_out), nn.GELU()))
+        else:
+            layers += second
         c_in = c_out
-    layers += [nn.MaxPool2d(3), nn.Flatten(), nn.Linear(c_in, NUM_CLASSES, bias=False), Scale(logit_scale)]
+    head = nn.Linear(c_in, NUM_CLASSES, bias=False)
+    if head_init == "unit_std":
+        with torch.no_grad():
+            head.weight.div_(head.weight.std())
+    layers += [nn.MaxPool2d(3), nn.Flatten(), head, Scale(logit_scale)]
     return nn.Sequential(*layers)
 
 

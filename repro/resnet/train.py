@@ -25,6 +25,7 @@ from .averaging import WeightAverage
 from .config import CLOCKS, OptimizerSection, Preset, StageConfig, run_epochs, total_steps
 from .evaluation import evaluate
 from .loaders import Shard, batch_sizes, eval_batches, make_train_loader, normalise_transpose
+from .muon import FilterMuon
 from .nets import PatchWhitening, batch_norm_over_ranks, build_net, fit_whitening
 from .records import PHASES, EpochRow, RunResult
 
@@ -56,41 +57,80 @@ def is_bias(name: str, param: nn.Parameter) -> bool:
     return name.endswith("bias") and param.ndim == 1
 
 
-def param_groups(net: nn.Module, opt: OptimizerSection, batch_size: int) -> list[dict]:
-    """Two groups (weights, biases) with LR and weight decay in torch's units.
+def param_groups(net: nn.Module, opt: OptimizerSection, batch_size: int, exclude: frozenset = frozenset()
+                 ) -> list[dict]:
+    """The SGD groups (weights, biases; the whitening bias with whichever ``whitening_bias_group``
+    says, in a group of its own when its LR decays apart) with LR and weight decay in torch's
+    units; parameters in ``exclude`` (Muon's filters) are left out.
 
     Mean-loss values from the config; ``loss_reduction = "sum"`` divides the LR by the batch
     size and multiplies the weight decay by it (Page's convention), which is the same update.
     """
     lr_unit, wd_unit = (1.0 / batch_size, float(batch_size)) if opt.loss_reduction == "sum" else (1.0, 1.0)
-    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad and id(p) not in exclude]
+    whitening = {id(b) for b in _whitening_bias(net)}
+    as_bias = opt.whitening_bias_group == "biases"
+    weights = {"lr_scale": lr_unit, "weight_decay": opt.weight_decay * wd_unit}
+    biases = {"lr_scale": lr_unit * opt.bias_lr_factor, "weight_decay": opt.weight_decay * wd_unit * opt.bias_wd_factor}
     groups = [
-        {"params": [p for n, p in named if not is_bias(n, p)], "lr_scale": lr_unit,
-         "weight_decay": opt.weight_decay * wd_unit},
-        {"params": [p for n, p in named if is_bias(n, p)], "lr_scale": lr_unit * opt.bias_lr_factor,
-         "weight_decay": opt.weight_decay * wd_unit * opt.bias_wd_factor},
+        {"params": [p for n, p in named if not is_bias(n, p) or (id(p) in whitening and not as_bias)], **weights},
+        {"params": [p for n, p in named if is_bias(n, p) and id(p) not in whitening], **biases},
+        {"params": [p for n, p in named if id(p) in whitening and as_bias], **biases},
     ]
+    if opt.whitening_bias_decay == "linear":  # airbench94_muon: its LR falls to 0 by the time it freezes
+        groups[-1]["until_epoch"] = opt.freeze_whitening_bias_after
+    else:
+        groups[1]["params"] += groups.pop()["params"]
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(net: nn.Module, opt: OptimizerSection, batch_size: int, *, implementation: str = "fused"
-                   ) -> torch.optim.SGD:
+class OptimizerSet:
+    """A stage's optimizers stepped as one: SGD, and Muon for the conv filters where it asks."""
+
+    def __init__(self, *optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+
+def make_optimizer(net: nn.Module, opt: OptimizerSection, batch_size: int, *, implementation: str = "fused",
+                   peak_lr: float = 1.0):
     """SGD over the two parameter groups. ``implementation``: ``fused`` (one kernel for all the
     parameters: the same update; on a 2-core CPU no measurable gain, the optimizer step being
     ~0.2% of an airbench94 step, see scripts/bench_step.py; on a GPU it saves kernel launches),
     ``foreach``, or torch's ``default`` loop over the parameters. A torch without fused SGD for
-    the device gets the default."""
+    the device gets the default.
+
+    ``opt.kind = "muon"``: the trainable conv filters go to ``muon.FilterMuon`` instead, whose LR
+    follows the schedule's shape (``muon_lr`` at the schedule's ``peak_lr``)."""
     flags = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[implementation]
-    groups = param_groups(net, opt, batch_size)
+    filters = [p for p in net.parameters() if p.ndim == 4 and p.requires_grad] if opt.kind == "muon" else []
+    groups = param_groups(net, opt, batch_size, exclude=frozenset(map(id, filters)))
     try:
-        return torch.optim.SGD(groups, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov, **flags)
+        sgd = torch.optim.SGD(groups, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov, **flags)
     except RuntimeError:  # "fused=True requires all the params to be floating point Tensors of supported devices"
-        return torch.optim.SGD(groups, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov)
+        sgd = torch.optim.SGD(groups, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov)
+    if not filters:
+        return sgd
+    muon = FilterMuon(filters, lr=0.0, momentum=opt.muon_momentum, ns_steps=opt.muon_ns_steps,
+                      lr_scale=opt.muon_lr / peak_lr)
+    return OptimizerSet(sgd, muon)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer, lr: float, epoch: float = 0.0, peak_lr: float | None = None) -> None:
+    """Every group at ``lr`` times its scale; a group with ``until_epoch`` instead falls linearly
+    from ``peak_lr`` to 0 at that epoch, on its own clock."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
+        if "until_epoch" in group:
+            group["lr"] = (peak_lr or lr) * group["lr_scale"] * max(0.0, 1.0 - epoch / group["until_epoch"])
+        else:
+            group["lr"] = lr * group["lr_scale"]
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, opt: OptimizerSection) -> torch.Tensor:
@@ -351,7 +391,9 @@ def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, result: RunRe
     epochs = run_epochs(preset, stage)
     steps_per_epoch = len(train)
     steps_planned = total_steps(epochs, steps_per_epoch)
-    average = (WeightAverage(net, stage.ema.kind, stage.ema.momentum, stage.ema.every, steps_planned)
+    average = (WeightAverage(net, stage.ema.kind, stage.ema.momentum, stage.ema.every, steps_planned,
+                             start_step=round(stage.ema.start_epochs * steps_per_epoch),
+                             copy_back_each_epoch=stage.ema.copy_back_each_epoch)
                if stage.ema.kind != "none" else None)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -371,7 +413,7 @@ def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, result: RunRe
     net.train()
     return PreparedRun(
         stage=stage, net=net, model=compiled if compiled is not None else data_parallel(net, device, ranks),
-        optimizer=make_optimizer(net, opt_cfg, batch_size), train=train,
+        optimizer=make_optimizer(net, opt_cfg, batch_size, peak_lr=max(stage.schedule.lrs)), train=train,
         test=test, average=average, amp=amp,
         timer=timer, device=device, channels_last=channels_last, phase_timing=phase_timing, shard=shard,
         epochs=epochs, steps_per_epoch=steps_per_epoch, steps_planned=steps_planned, flops_per_step=flops_per_step,
@@ -395,8 +437,9 @@ def train_step(run: PreparedRun, x: torch.Tensor, y: torch.Tensor, step_in_epoch
     """One optimiser step on the batch (x, y) at the schedule's LR for the run's step count:
     forward and backward, the loss into ``stats``, the step, the weight average. The LR."""
     opt_cfg, timer, ranks = run.stage.optimizer, run.timer, run.shard.world_size
-    lr = run.stage.schedule.lr_at(result.steps / run.steps_per_epoch, run.epochs)
-    set_lr(run.optimizer, lr)
+    schedule, epoch_now = run.stage.schedule, result.steps / run.steps_per_epoch
+    lr = schedule.lr_at(epoch_now, run.epochs)
+    set_lr(run.optimizer, lr, epoch_now, max(schedule.lrs))  # run epochs, as the bias freezing counts them
     with timer.phase("forward_backward"):
         with run.amp.autocast():
             logits = run.model(x)
@@ -430,6 +473,8 @@ def run_epoch(run: PreparedRun, epoch: int, result: RunResult, on_step: Callable
         on_step(result.steps)
         if result.steps >= run.steps_planned:
             break
+    if run.average:
+        run.average.end_epoch()
     losses, sizes, correct, bad_step = stats.read()
     result.step_losses += losses
     if bad_step is not None:
