@@ -353,3 +353,82 @@ def test_ddp_without_torchrun_is_a_one_line_error(monkeypatch, capsys, tmp_path)
     assert resnet.main([*SMOKE, "--ddp", "--log-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--ddp spreads each run over the ranks torchrun starts" in err and "Traceback" not in err
+
+
+def _store_context(store, rank, timeout=600.0):
+    return distributed.DistContext(rank, 2, rank, 2, torch.device("cpu"), "gloo", timeout, store=store)
+
+
+def _pretend_rank_1(store, *, progress_every: float, progress_for: float, then: str):
+    """Rank 1's side in a thread: a run started, progress (``beat``) every ``progress_every``
+    seconds for ``progress_for`` seconds, then ``finish`` (its record and done) or ``hang``."""
+    ctx = _store_context(store, 1)
+    reporter = distributed.Reporter(ctx)
+    reporter.starting("final", 1)
+    end = time.monotonic() + progress_for
+    while time.monotonic() < end:
+        distributed.beat(ctx)
+        time.sleep(progress_every)
+    if then == "finish":
+        reporter.finished({"stage": "final", "seed": 1, "status": "ok", "run_id": "r1"})
+        reporter.done("ok")
+
+
+@pytest.mark.parametrize("then", ["finish", "hang"])
+def test_liveness_is_training_progress_a_slow_rank_is_kept_a_stuck_one_given_up(then):
+    """Rank 0 waits 3 s at most without progress: a rank making progress every 0.5 s for 7 s (a
+    beat every 2 s) is waited for; one that then stops, its thread alive but its training stuck,
+    is given up 3 s after its last beat."""
+    import threading
+
+    store = torch.distributed.HashStore()
+    rank0 = _store_context(store, 0, timeout=3.0)
+    worker = threading.Thread(target=_pretend_rank_1, args=(store,),
+                              kwargs=dict(progress_every=0.5, progress_for=7.0, then=then), daemon=True)
+    start = time.monotonic()
+    worker.start()
+    records, errors = distributed.collect(rank0, [], {1: [("final", 1), ("final", 3)]}, "g")
+    seconds = time.monotonic() - start
+    if then == "finish":
+        assert errors == [] and [r["run_id"] for r in records] == ["r1"]
+        assert 7.0 <= seconds < 9.0
+    else:
+        (failed,) = records
+        assert failed["status"] == "failed" and (failed["stage"], failed["seed"], failed["rank"]) == ("final", 1, 1)
+        assert errors == ["rank 1 stopped reporting (killed or hung) for over 3s; its run final seed 1 is recorded "
+                          "as failed; never run: final seed 3"]
+        # beats at most every 2 s: the last one came at 6 s, 1 s before the progress stopped; given up 3 s later
+        assert 8.0 <= seconds < 10.5
+    worker.join(timeout=5)
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_is_given_up_on_within_the_timeout(tmp_path):
+    """SIGSTOP: the process lives, nothing runs. Rank 0 records it within --dist-timeout (5 s) of
+    its own work ending; the stopped rank is then killed so torchrun can end."""
+    proc = _torchrun([*SMOKE, "--epochs", "3", "--runs", "4", "--dist-timeout", "5", "--log-dir", str(tmp_path / "log")])
+    victim = None
+    try:
+        for line in proc.stdout:  # rank 0 prints its epoch rows
+            if "epoch   1" in line:
+                break
+        victim, rank0 = _children_with_rank(proc.pid, 1), _children_with_rank(proc.pid, 0)
+        assert victim is not None and rank0 is not None
+        os.kill(victim, signal.SIGSTOP)
+        stopped = time.monotonic()
+        log = tmp_path / "log" / "runs.jsonl"
+        while not (log.exists() and '"rank": 1' in log.read_text()) and time.monotonic() - stopped < 60:
+            time.sleep(0.2)
+        seconds = time.monotonic() - stopped
+        while Path(f"/proc/{rank0}").exists() and time.monotonic() - stopped < 60:  # let rank 0 finish speaking
+            time.sleep(0.2)
+    finally:
+        if victim is not None:
+            os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=90)
+    assert seconds < 5 + 20  # rank 0's own two short runs, then at most the timeout
+    recs = _records_once_each(tmp_path / "log")
+    lost = [r for r in recs if r.get("rank") == 1 and r["status"] != "ok"]
+    assert len(lost) == 1 and lost[0]["status"] == "failed" and "rank 1 stopped reporting" in lost[0]["error"]
+    assert [r["seed"] for r in recs if r.get("rank") == 0 and r["status"] == "ok"] == [0, 2]
+    assert "error: rank 1 stopped reporting (killed or hung)" in err

@@ -5,10 +5,12 @@
 Rank r runs seeds s + r, s + r + P, ... of every stage on its own device (``cuda:LOCAL_RANK``, or
 the CPU with ``cores // local ranks`` torch threads). Each rank publishes its finished records,
 and the (stage, seed) it is running, in the process group's store as it goes; rank 0 collects
-them, appends every record exactly once and prints the ladder table. A rank that stops
-reporting (killed, hung) for ``--dist-timeout`` seconds is given up on with a one-line error: its
-finished runs are still appended, and the run it was in is appended as ``failed``. Seeds it had
-not reached are named in the error, not recorded (they never ran).
+them, appends every record exactly once and prints the ladder table. A rank that makes no
+progress (no training step, epoch, or run started or finished) for ``--dist-timeout`` seconds is
+given up on with a one-line error, whether it was killed or is alive but stuck (a deadlock,
+stalled I/O, SIGSTOP): its finished runs are still appended, and the run it was in is appended as
+``failed``. Seeds it had not reached are named in the error, not recorded (they never ran). The
+timeout must exceed the longest stretch without a step: a test pass, a compilation.
 
 Without ``WORLD_SIZE`` in the environment (plain ``python -m repro.resnet``) nothing here is used.
 Limitation: the records travel through rank 0, so a run whose rank 0 dies leaves no records.
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import math
 import pickle
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -42,7 +44,7 @@ class DistContext:
     backend: str
     timeout: float
     store: object = field(repr=False, default=None)
-    _stop: threading.Event = field(repr=False, default_factory=threading.Event)
+    last_beat: float = field(repr=False, default=-math.inf)
 
     @property
     def is_main(self) -> bool:
@@ -113,18 +115,23 @@ def init_from_env(device_request: str, timeout: float, threads: int | None = Non
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     ctx = DistContext(rank, world, local_rank, local_world, device, backend, timeout,
                       store=dist.distributed_c10d._get_default_store())
-    threading.Thread(target=_heartbeat, args=(ctx,), daemon=True, name="repro-heartbeat").start()
+    beat(ctx, force=True)
     return ctx
 
 
-def _heartbeat(ctx: DistContext) -> None:
-    """Count up ``beat/RANK`` every few seconds while this rank lives, training or not."""
-    while not ctx._stop.is_set():
-        try:
-            ctx.store.add(f"repro/beat/{ctx.rank}", 1)
-        except Exception:  # the store (rank 0's agent) is gone: nothing left to tell
-            return
-        ctx._stop.wait(HEARTBEAT_SECONDS)
+def beat(ctx: DistContext, *, force: bool = False) -> None:
+    """Tell rank 0 this rank made progress: ``beat/RANK`` counts up, at most once per
+    ``HEARTBEAT_SECONDS`` unless ``force``. Called from the training loop's own hooks (a step,
+    an epoch) and when a run starts or ends, never from a thread of its own: a rank whose
+    training is stuck stops beating even though its process lives."""
+    now = time.monotonic()
+    if not force and now - ctx.last_beat < HEARTBEAT_SECONDS:
+        return
+    ctx.last_beat = now
+    try:
+        ctx.store.add(f"repro/beat/{ctx.rank}", 1)
+    except Exception:  # the store (rank 0's agent) is gone: nothing left to tell
+        pass
 
 
 def broadcast(ctx: DistContext, value):
@@ -150,12 +157,14 @@ class Reporter:
 
     def starting(self, stage: str, seed: int) -> None:
         self.ctx.store.set(f"repro/running/{self.ctx.rank}", pickle.dumps((stage, seed)))
+        beat(self.ctx, force=True)
 
     def finished(self, record: dict) -> None:
         """Keep the record here and publish it; rank 0 appends it later."""
         self.records.append(record)
         self.ctx.store.set(f"repro/records/{self.ctx.rank}", pickle.dumps(self.records))
         self.ctx.store.set(f"repro/running/{self.ctx.rank}", pickle.dumps(None))
+        beat(self.ctx, force=True)
 
     def done(self, outcome: str) -> None:
         self.ctx.store.set(f"repro/done/{self.ctx.rank}", outcome.encode())
@@ -171,9 +180,10 @@ def collect(ctx: DistContext, own: list[dict], plan: dict[int, list[tuple[str, i
             *, patience: float | None = None) -> tuple[list[dict], list[str]]:
     """On rank 0: every rank's records, and one error line per rank given up on.
 
-    Waits for each rank's ``done`` while its heartbeat keeps counting; one whose heartbeat has
-    not moved for ``patience`` seconds (default ``--dist-timeout``) is given up on: its finished
-    records are kept, the run it was in becomes a ``failed`` record.
+    Waits for each rank's ``done`` while its beats keep counting (each beat is progress, see
+    ``beat``); one whose count has not moved for ``patience`` seconds (default
+    ``--dist-timeout``) is given up on: its finished records are kept, the run it was in becomes
+    a ``failed`` record.
     """
     store, patience = ctx.store, ctx.timeout if patience is None else patience
     records, errors = list(own), []
@@ -212,7 +222,6 @@ def teardown(ctx: DistContext | None) -> None:
         return
     import torch.distributed as dist
 
-    ctx._stop.set()
     if dist.is_initialized():
         try:
             dist.destroy_process_group()
