@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .claims import stage_reports
 from .errors import UserError, cli_main
 from .resnet import ladder as ladders
 from .resnet.config import available_presets, load_preset, load_stage
@@ -67,7 +68,7 @@ def describe(records) -> str:
             f"{len(records)} runs in {len({r.get('group_id') for r in records})} invocation(s)")
 
 
-def markdown(groups, autoencoder, plots, note) -> str:
+def markdown(groups, autoencoder, plots, note, llm=None) -> str:
     entry = load_stage("baseline").source.entry_seconds
     out = ["# Reproduction report", ""]
     if groups:
@@ -80,7 +81,7 @@ def markdown(groups, autoencoder, plots, note) -> str:
         real = not name.endswith("(synthetic)") and not name.startswith("smoke")
         out += [f"## ResNet ladder, preset {name}", "", describe(records)
                 + ("" if real else " **Synthetic/smoke: pipeline evidence only.**"), ""]
-        out += ladders.markdown_table(records, target_of(records)) + [""]
+        out += ladders.markdown_table(records, target_of(records), llm) + [""]
     if autoencoder:
         from .autoencoder.table import markdown_sections
 
@@ -126,27 +127,7 @@ def write_plots(records, out_dir: Path) -> tuple[list[Path], str]:
               frameon=False)
     figures = [("stage_ratios.png", fig)]
 
-    fig2, ax2 = plt.subplots(figsize=(9, 5))
-    for i, r in enumerate(rows, 1):
-        (sm, ss), (am, astd) = r.seconds_mean_std, r.accuracy_mean_std
-        if am is None:
-            continue
-        ax2.errorbar(sm, 100 * am, xerr=ss or 0, yerr=100 * (astd or 0), fmt="o", capsize=2, color="#1f77b4")
-        # neighbouring stages often land close together: alternate their labels above and below
-        ax2.annotate(str(i), (sm, 100 * am), textcoords="offset points", xytext=(4, 4 if i % 2 else -11), fontsize=8)
-    if target is not None:
-        ax2.axhline(100 * target, ls="--", color="grey", label=f"preset target {100 * target:g}%")
-        ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)  # outside: hides no point
-    seconds = [statistics.fmean(r.seconds) for r in rows]
-    wide = max(seconds) / min(seconds) > 5
-    if wide:
-        ax2.set_xscale("log")
-    ax2.set_xlabel("measured seconds (" + ("log scale, " if wide else "") + "each stage on its source's clock)")
-    ax2.set_ylabel("test accuracy (%)")
-    ax2.set_title(f"Accuracy against time, preset {preset} (error bars: std over runs)")
-    key = "\n".join(f"{i:>2} {r.stage} (n={r.runs})" for i, r in enumerate(rows, 1))
-    fig2.text(0.91, 0.5, key, va="center", fontsize=8, family="monospace")
-    fig2.subplots_adjust(right=0.88)
+    fig2, _ = accuracy_vs_time(rows, preset, target)
     figures.append(("accuracy_vs_time.png", fig2))
     written = []
     for name, figure in figures:
@@ -158,12 +139,87 @@ def write_plots(records, out_dir: Path) -> tuple[list[Path], str]:
     return written, ""
 
 
-def print_summary(groups, autoencoder, out_dir):
+def label_box(label, renderer):
+    """The box of an annotation's text alone (its leader line left out), in display units."""
+    from matplotlib.text import Text
+
+    label.update_positions(renderer)
+    return Text.get_window_extent(label, renderer)
+
+
+def place_labels(fig, ax, points, labels, fontsize=8):
+    """Label every (x, y) point of ``ax`` with its text at the first offset, on rings further and
+    further out, whose box overlaps no label placed before it (a thin line then leads to the
+    point). The labels, as placed."""
+    renderer = fig.canvas.get_renderer()
+    candidates = [(dx, dy, ha) for ring in range(12) for dy in (3 + 9 * ring, -(10 + 9 * ring))
+                  for dx, ha in ((4, "left"), (-4, "right"))]
+    placed, boxes = [], []
+    for (x, y), text in zip(points, labels):
+        best = None
+        for dx, dy, ha in candidates:
+            far = abs(dy) > 12
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=fontsize,
+                                arrowprops=dict(arrowstyle="-", lw=0.4, color="#777777") if far else None)
+            box = label_box(label, renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(other) for other in boxes):
+                best = (label, box)
+                break
+            label.remove()
+        if best is None:  # every ring taken: the last candidate, overlapping (never seen at ladder sizes)
+            best = (label := ax.annotate(text, (x, y), textcoords="offset points", xytext=candidates[-1][:2],
+                                         fontsize=fontsize), label_box(label, renderer))
+        placed.append(best[0])
+        boxes.append(best[1])
+    return placed
+
+
+def accuracy_vs_time(rows, preset, target):
+    """Measured accuracy against measured seconds for every stage, and each source's published
+    accuracy against its published seconds (other hardware: compare shapes, not positions),
+    numbered by stage with no two labels overlapping. (figure, labels)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    points, labels = [], []
+    for i, r in enumerate(rows, 1):
+        (sm, ss), (am, astd) = r.seconds_mean_std, r.accuracy_mean_std
+        if am is None:
+            continue
+        ax.errorbar(sm, 100 * am, xerr=ss or 0, yerr=100 * (astd or 0), fmt="o", capsize=2, color="#1f77b4",
+                    label="measured" if not points else None)
+        points.append((sm, 100 * am))
+        labels.append(str(i))
+    sources = [(i, r) for i, r in enumerate(rows, 1) if r.source_seconds and r.source_accuracy]
+    for n, (i, r) in enumerate(sources):
+        ax.plot(r.source_seconds, 100 * r.source_accuracy, "s", color="#999999", ms=5,
+                label="source (V100; airbench: A100)" if n == 0 else None)
+        points.append((r.source_seconds, 100 * r.source_accuracy))
+        labels.append(str(i))
+    if target is not None:
+        ax.axhline(100 * target, ls="--", color="grey", label=f"preset target {100 * target:g}%")
+    xs = [x for x, _ in points]
+    wide = max(xs) / min(xs) > 5
+    if wide:
+        ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.08)
+    ax.set_xlabel("seconds (" + ("log scale, " if wide else "") + "each stage on its source's clock)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Accuracy against time, preset {preset} (error bars: std over runs)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)  # outside: hides no point
+    key = "\n".join(f"{i:>2} {r.stage} (n={r.runs})" for i, r in enumerate(rows, 1))
+    fig.text(0.91, 0.5, key, va="center", fontsize=8, family="monospace")
+    fig.subplots_adjust(right=0.88, bottom=0.2)
+    fig.canvas.draw()  # the layout the labels are placed in
+    return fig, place_labels(fig, ax, points, labels)
+
+
+def print_summary(groups, autoencoder, out_dir, llm=None):
     from rich.console import Console
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     for name, records in groups.items():
-        console.print(ladders.rich_table(records, target_of(records), f"ResNet ladder, preset {name}"))
+        console.print(ladders.rich_table(records, target_of(records), f"ResNet ladder, preset {name}", llm))
     console.print(f"{sum(map(len, groups.values()))} ResNet runs, {len(autoencoder)} autoencoder records; "
                   f"report written to {out_dir / 'report.md'}")
 
@@ -191,11 +247,12 @@ def main(argv=None):
     torn = records.torn_note()
     if torn:
         print(torn, file=sys.stderr)
-    text = markdown(groups, autoencoder, plots, note)
+    llm = stage_reports(args.log_dir)  # what LLM assistants reported per stage, with the audit's verdicts
+    text = markdown(groups, autoencoder, plots, note, llm)
     if torn:
         text = text.replace("# Reproduction report\n", f"# Reproduction report\n\n{torn}\n", 1)
     atomic_write(out_dir / "report.md", text.encode())
-    print_summary(groups, autoencoder, out_dir)
+    print_summary(groups, autoencoder, out_dir, llm)
     return 0
 
 

@@ -11,8 +11,9 @@ def test_report_from_fixture(tmp_path):
     assert main(["--log-dir", str(FIXTURE), "--out", str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     # the fixture's two cpu ladders: baseline 410 s / 400 s, final 340 s / 330 s (335/405 = 0.827)
-    assert "| baseline | 2 | 405.0 ± 7.1 | blog | 202.5 ± 3.5 | 93.20 ± 0.14% | - | 1.000 | 356 | 1.000 | 94.00% |" in md
-    assert "| final | 2 | 335.0 ± 7.1 | blog | 167.5 ± 3.5 | 94.20 ± 0.14% | - | 0.827 | 297 | 0.834 | 94.12% |" in md
+    # time to target first ('-': these records predate it), the source's ratio beside it
+    assert "| baseline | 2 | - | - | 1.000 | 405.0 ± 7.1 | blog | 202.5 ± 3.5 | 93.20 ± 0.14% | - | 1.000 | 356 | 94.00% |" in md
+    assert "| final | 2 | - | - | 0.834 | 335.0 ± 7.1 | blog | 167.5 ± 3.5 | 94.20 ± 0.14% | - | 0.827 | 297 | 94.12% |" in md
     assert md.index("preset cpu") < md.index("preset smoke (synthetic)")  # real data first
     assert "341 s" in md and "loss vs optimal_loss" in md
     # 2 runs: the interrupted record ("broken", group g-broken) counts nowhere
@@ -41,4 +42,57 @@ def test_report_says_how_many_lines_were_torn(tmp_path, capsys):
     assert main(["--log-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
     assert "1 torn line skipped (line 4)" in md
-    assert "| baseline | 2 | 405.0 ± 7.1 | blog |" in md  # the whole records still count
+    assert "| baseline | 2 | - | - | 1.000 | 405.0 ± 7.1 | blog |" in md  # the whole records still count
+
+
+def _row(md: str, stage: str) -> str:
+    return next(line for line in md.splitlines() if line.startswith(f"| {stage} |"))
+
+
+def test_the_llm_column_comes_from_the_claims_registry(tmp_path, monkeypatch):
+    """The LLM-reported cells are the registry's stage_reports, with the audit's verdicts: change a
+    registry entry and the report changes with it."""
+    import dataclasses
+
+    import repro.claims
+
+    assert main(["--log-dir", str(FIXTURE), "--out", str(tmp_path / "a")]) == 0
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "LLM reported" in md
+    # Le Chat's invented ImageNet numbers (judged ✗) and its retry with the blog's (judged ✓)
+    assert "Le Chat: 18 h, 68% (rn-hallu: ✗); Le Chat: 341 s, 94% (rn-retry-a: ✓)" in _row(md, "baseline")
+    assert "Le Chat: 35 min, 76% (rn-hallu: ✗); Le Chat: 297 s, 94% (rn-retry-a: ✓)" in _row(md, "final")
+    assert _row(md, "simplified").endswith("| - |")  # no assistant gave a number for it
+    claims = tuple(dataclasses.replace(c, params={"stage_reports": {"baseline": (999, 0.5), "final": (297, 0.94)}})
+                   if c.id == "rn-retry-a" else c for c in repro.claims.CLAIMS)
+    monkeypatch.setattr(repro.claims, "CLAIMS", claims)
+    assert main(["--log-dir", str(FIXTURE), "--out", str(tmp_path / "b")]) == 0
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "Le Chat: 16.65 min, 50% (rn-retry-a: ✗)" in _row(md, "baseline")
+
+
+def test_no_two_labels_of_the_accuracy_plot_overlap_for_the_whole_ladder():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from repro.report import accuracy_vs_time, label_box
+    from repro.resnet.config import available_stages
+    from repro.resnet.ladder import ladder_rows
+
+    stages = available_stages()
+    # crowded on purpose: every stage within 12 s and 2 points of the others, two runs each
+    records = [{"stage": s, "status": "ok", "total_seconds": 100 + 0.5 * i + k, "test_accuracy": 0.6 + 0.001 * i + 0.002 * k,
+                "epochs": [{"seconds": 50.0}]} for i, s in enumerate(stages) for k in (0, 1)]
+    rows = ladder_rows(records, 0.6)
+    fig, labels = accuracy_vs_time(rows, "cpu", 0.6)
+    sources = [r for r in rows if r.source_seconds and r.source_accuracy]
+    assert len(labels) == len(rows) + len(sources) and len(sources) >= 20  # the sources' points are there too
+    renderer = fig.canvas.get_renderer()
+    boxes = [label_box(label, renderer) for label in labels]  # each label's text
+    overlapping = [(labels[i].get_text(), labels[j].get_text()) for i in range(len(boxes))
+                   for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+    assert overlapping == []
+    plt.close(fig)

@@ -51,6 +51,31 @@ def close_matches(only: str) -> list[str]:
     return near or [i for i in ids if i.split("-")[0] == only.split("-")[0]][:8]
 
 
+def duration(seconds: float) -> str:
+    """An assistant's time as it said it: seconds, minutes or hours."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 600:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def stage_reports(log_dir: str = "logs") -> dict[str, list[str]]:
+    """Per ladder stage, what the assistants reported for it (time, accuracy) with the audit's
+    verdict on that answer, one text each: read from the registry's ``stage_reports``, the same
+    numbers the claims' checkers judge. The ladder table and the report show them."""
+    ctx, out = Context(log_dir=str(log_dir)), {}
+    for claim in CLAIMS:
+        reports = claim.params.get("stage_reports")
+        if not reports:
+            continue
+        verdict = check(claim, ctx).finding.verdict
+        for stage, (seconds, accuracy) in reports.items():
+            out.setdefault(stage, []).append(f"{claim.assistant}: {duration(seconds)}, {accuracy:.0%} "
+                                             f"({claim.id}: {verdict})")
+    return out
+
+
 def check(claim: Claim, ctx: Context) -> Result:
     start = time.perf_counter()
     try:

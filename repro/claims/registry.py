@@ -206,9 +206,11 @@ CLAIMS: tuple[Claim, ...] = (
     _c("mt-eval", LECHAT_HW7, "Le Chat", "eval inputs: ⟨sos⟩, I, saw, a, dog", "⟨sos⟩ I saw a dog",
        mt.decoder_inputs, mode="eval", tokens=("<sos>", "I", "saw", "a", "dog")),
     # ---- HW7 Q4: How to Train Your ResNet
+    # stage_reports: what the answer says a ladder stage took and reached, (seconds, accuracy); the ladder
+    # table and the report show them beside the measured and the source's numbers (``stage_reports``)
     _c("rn-hallu", LECHAT_HW7, "Le Chat", "baseline ~18 hours, ~68%; final ~35 minutes, ~76% (ImageNet ResNet-50)",
-       "18 h/68% → 35 min/76%", resnet.hallucinated_numbers, baseline_s=18 * 3600, final_s=35 * 60,
-       baseline_acc=0.68, final_acc=0.76),
+       "18 h/68% → 35 min/76%", resnet.hallucinated_numbers,
+       stage_reports={"baseline": (18 * 3600, 0.68), "final": (35 * 60, 0.76)}),
     _c("rn-3x", LECHAT_HW7, "Le Chat", "mixed precision gave a 3x speedup with minimal loss in accuracy",
        "3× faster", blog.mixed_precision_speedup, factor=3.0),
     _c("rn-learn1", LECHAT_HW7, "Le Chat", "key learnings: smaller batch sizes, gradient checkpointing, "
@@ -216,7 +218,8 @@ CLAIMS: tuple[Claim, ...] = (
        stems={"smaller batch sizes": "smaller batch", "gradient checkpointing": "checkpointing",
               "reproducibility": "reproducib"}),
     _c("rn-retry-a", LECHAT_HW7, "Le Chat", "baseline 341 s (~6 min), 94%; final 297 s (~5 min), 94%",
-       "341 s → 297 s, 94%", resnet.blog_ladder_endpoints, baseline_s=341, final_s=297, accuracy=0.94),
+       "341 s → 297 s, 94%", resnet.blog_ladder_endpoints,
+       stage_reports={"baseline": (341, 0.94), "final": (297, 0.94)}),
     _c("rn-retry-b", LECHAT_HW7, "Le Chat", "removing the duplicate BN-ReLU reduced training time",
        "simplified < baseline", resnet.duplicate_bn_relu_saving),
     _c("rn-retry-c", LECHAT_HW7, "Le Chat",

@@ -16,13 +16,34 @@ import statistics
 import warnings
 from dataclasses import dataclass, field
 
-from .config import StageConfig, available_stages, load_stage
+from .config import CLOCKS, StageConfig, available_stages, load_stage
 
 
 def measured_seconds(record: dict, timing: str = "blog") -> float:
     """The record's seconds on ``timing``'s clock (records from before clocks were kept: the total)."""
     by_timing = record.get("seconds_by_timing") or {}
     return float(by_timing.get(timing, record["total_seconds"]))
+
+
+def seconds_to_target(record: dict, timing: str) -> float | None:
+    """Seconds on ``timing``'s clock at the end of the epoch whose test pass first reached the
+    preset's target (None if none did): the run's preparation and compilation, the training of
+    every epoch up to it, and its test passes where the clock counts them. Records without
+    per-epoch phases give the suite clock's ``target_seconds``."""
+    epoch = record.get("target_epoch")
+    if epoch is None:
+        return None
+    rows = record.get("epochs") or []
+    if not all(isinstance(e.get("phases"), dict) for e in rows[:epoch]) or len(rows) < epoch:
+        return record.get("target_seconds")
+    counted = CLOCKS.get(timing, CLOCKS["blog"])
+    phases = record.get("phases") or {}
+    seconds = sum(phases.get(p, 0.0) for p in ("preprocessing", "compile") if p in counted)
+    for e in rows[:epoch]:
+        seconds += sum(e["phases"].get(p, 0.0) for p in ("data_wait", "forward_backward", "optimizer_step"))
+        if "evaluation" in counted:
+            seconds += e["phases"].get("evaluation", 0.0)
+    return seconds
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -68,7 +89,9 @@ class StageRow:
     ratio: float | None = None  # mean seconds / first stage's mean seconds
     source_ratio: float | None = None
     reached: int | None = None  # runs at or above the target
-    target_seconds: list[float] = field(default_factory=list)
+    target_seconds: list[float] = field(default_factory=list)  # per run that reached it, on the source's clock
+    target_ratio: float | None = None  # mean seconds to target / the first stage's (both reached it in every run)
+    target_recorded: bool = True  # False for records older than time to target
     p_time: float | None = None  # Welch, against the previous stage
     p_accuracy: float | None = None
     p_target: float | None = None  # one-sided, mean accuracy above the target
@@ -79,6 +102,11 @@ class StageRow:
     @property
     def runs(self) -> int:
         return len(self.seconds)
+
+    @property
+    def reached_all(self) -> bool:
+        """Every run reached the target: only then is the time to target this stage's."""
+        return bool(self.runs) and len(self.target_seconds) == self.runs
 
     @property
     def seconds_mean_std(self):
@@ -120,7 +148,8 @@ def ladder_rows(records: list[dict], target: float | None = None) -> list[StageR
             source_seconds=source.seconds if source else recs[0].get("blog_seconds"),
             source_accuracy=source.accuracy if source else None, source_note=source.note if source else "",
             accuracy_no_tta=[r["test_accuracy_no_tta"] for r in recs if r.get("test_accuracy_no_tta") is not None],
-            target_seconds=[r["target_seconds"] for r in recs if r.get("target_seconds") is not None],
+            target_seconds=[s for r in recs if (s := seconds_to_target(r, timing)) is not None],
+            target_recorded=all("target_epoch" in r for r in recs),
             flops=statistics.fmean(r["train_flops"] for r in recs) if all(r.get("train_flops") for r in recs) else None,
             epoch_seconds=[statistics.fmean(e["seconds"] for e in r["epochs"]) for r in recs if r.get("epochs")],
             utilisation=[r["utilisation"] for r in recs if r.get("utilisation") is not None],
@@ -135,6 +164,8 @@ def ladder_rows(records: list[dict], target: float | None = None) -> list[StageR
             row.ratio = statistics.fmean(row.seconds) / statistics.fmean(first.seconds)
         if first and first.source_seconds and row.source_seconds:
             row.source_ratio = row.source_seconds / first.source_seconds
+        if first and first.reached_all and row.reached_all:
+            row.target_ratio = statistics.fmean(row.target_seconds) / statistics.fmean(first.target_seconds)
         if prev is not None:
             row.p_time = welch_p(prev.seconds, row.seconds)
             row.p_accuracy = welch_p(prev.accuracy, row.accuracy)
@@ -154,11 +185,16 @@ def fmt_p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def table_cells(row: StageRow, target: float | None) -> dict[str, str]:
-    """One row as text cells, shared by the terminal table and the markdown report."""
-    cells = {
-        "stage": row.stage,
-        "runs": str(row.runs),
+def table_cells(row: StageRow, target: float | None, llm: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """One row as text cells, shared by the terminal table and the markdown report. ``llm``: per
+    stage, what LLM assistants reported for it with the audit's verdict (``repro.claims.stage_reports``)."""
+    cells = {"stage": row.stage, "runs": str(row.runs)}
+    if target is not None:  # the headline: when each stage first reached the target, beside the source's ratio
+        cells["to target s"] = ("-" if not row.target_recorded else fmt_mean_std(row.target_seconds)
+                                if row.reached_all else f"never ({len(row.target_seconds)}/{row.runs})")
+        cells["to target ÷first"] = f"{row.target_ratio:.3f}" if row.target_ratio is not None else "-"
+        cells["source ÷first"] = f"{row.source_ratio:.3f}" if row.source_ratio is not None else "-"
+    cells |= {
         "seconds": fmt_mean_std(row.seconds),
         "clock": row.timing,
         "s/epoch": fmt_mean_std(row.epoch_seconds) if row.epoch_seconds else "-",
@@ -166,7 +202,6 @@ def table_cells(row: StageRow, target: float | None) -> dict[str, str]:
         "no TTA": fmt_mean_std(row.accuracy_no_tta, 100, 2, "%") if row.accuracy_no_tta else "-",
         "÷first": f"{row.ratio:.3f}" if row.ratio is not None else "-",
         "source s": f"{row.source_seconds:g}" if row.source_seconds else "-",
-        "source ÷first": f"{row.source_ratio:.3f}" if row.source_ratio is not None else "-",
         "source acc": f"{100 * row.source_accuracy:.2f}%" if row.source_accuracy else "-",
         "p(time)": fmt_p(row.p_time),
         "p(acc)": fmt_p(row.p_accuracy),
@@ -175,17 +210,20 @@ def table_cells(row: StageRow, target: float | None) -> dict[str, str]:
     }
     if target is not None:
         cells[f"≥{100 * target:g}%"] = f"{row.reached}/{row.runs}"
-        cells["to target s"] = fmt_mean_std(row.target_seconds) if row.target_seconds else "-"
         cells["p(>target)"] = fmt_p(row.p_target)
+    else:
+        cells["source ÷first"] = f"{row.source_ratio:.3f}" if row.source_ratio is not None else "-"
+    if llm is not None:
+        cells["LLM reported"] = "; ".join(llm.get(row.stage, [])) or "-"
     return cells
 
 
-def rich_table(records: list[dict], target: float | None, title: str):
+def rich_table(records: list[dict], target: float | None, title: str, llm: dict[str, list[str]] | None = None):
     from rich.table import Table
 
     rows = ladder_rows(records, target)
     table = Table(title=title)
-    cells = [table_cells(r, target) for r in rows]
+    cells = [table_cells(r, target, llm) for r in rows]
     for col in (cells[0] if cells else {}):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for c in cells:
@@ -193,8 +231,8 @@ def rich_table(records: list[dict], target: float | None, title: str):
     return table
 
 
-def markdown_table(records: list[dict], target: float | None) -> list[str]:
-    cells = [table_cells(r, target) for r in ladder_rows(records, target)]
+def markdown_table(records: list[dict], target: float | None, llm: dict[str, list[str]] | None = None) -> list[str]:
+    cells = [table_cells(r, target, llm) for r in ladder_rows(records, target)]
     if not cells:
         return []
     head = list(cells[0])

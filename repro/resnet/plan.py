@@ -22,11 +22,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import runlog
+from ..claims import stage_reports
 from ..data import CifarArrays
 from ..errors import EXIT_USER_ERROR, UserError, interrupt_exit_code, interrupt_message
 from . import distributed
 from .config import Preset, StageConfig, run_epochs
-from .ladder import rich_table
+from .ladder import ladder_rows, rich_table
 from .loaders import Shard
 from .records import PHASES, EpochRow, RunRecord, RunResult
 from .train import Hooks, NonFiniteLoss, train_stage
@@ -79,6 +80,9 @@ class Local:
     def starting(self, stage: StageConfig, seed: int) -> None:
         pass
 
+    def alive(self) -> None:
+        """Training made progress (a step, an epoch): nobody is watching in one process."""
+
     def keep(self, record: dict) -> None:
         runlog.append_record(record, self.log_dir)
         self.records.append(record)
@@ -127,6 +131,9 @@ class SeedsOverRanks:
 
     def starting(self, stage: StageConfig, seed: int) -> None:
         self.reporter.starting(stage.name, seed)
+
+    def alive(self) -> None:
+        distributed.beat(self.ctx)  # rank 0 gives up on a rank whose training stops moving
 
     def keep(self, record: dict) -> None:
         record.update(rank=self.ctx.rank, world_size=self.ctx.world_size)
@@ -188,9 +195,17 @@ def run_one(stage: StageConfig, seed: int, options: RunOptions, data: CifarArray
     shard = execution.shard
     bar = _progress(console, options.show and console.is_terminal)
     task = bar.add_task(f"{stage.name} seed {seed}", total=None)
-    hooks = Hooks(on_start=lambda steps: bar.update(task, total=steps),
-                  on_step=lambda n: bar.update(task, completed=n),
-                  on_epoch=(lambda row: console.print(epoch_line(stage.name, row))) if options.show else Hooks.on_epoch)
+    def on_epoch(row):
+        execution.alive()
+        if options.show:
+            console.print(epoch_line(stage.name, row))
+
+    def on_step(steps_done):
+        execution.alive()
+        bar.update(task, completed=steps_done)
+
+    hooks = Hooks(on_start=lambda steps: execution.alive() or bar.update(task, total=steps), on_step=on_step,
+                  on_epoch=on_epoch)
     interruption = None
     try:
         with bar:
@@ -264,7 +279,14 @@ def finish_command(records: list[dict], errors: list[str], options: RunOptions, 
     went, one error line per failed run or lost rank; the exit status."""
     ok = [r for r in records if r.get("status") == "ok"]
     if ok:
-        console.print(rich_table(ok, options.preset.target_accuracy, ladder_title(ok)))
+        llm = stage_reports(options.log_dir)  # what LLM assistants reported per stage, with the audit's verdicts
+        target = options.preset.target_accuracy
+        console.print(rich_table(ok, target, ladder_title(ok), llm))
+        for row in ladder_rows(ok, target) if target is not None else []:
+            if row.target_recorded and not row.reached_all:
+                console.print(f"[yellow]warning[/yellow]: {row.stage} reached the preset's target {100 * target:g}% "
+                              f"in {len(row.target_seconds)} of {row.runs} run(s) (best "
+                              f"{100 * max(row.accuracy, default=0):.1f}%): its time to target is not comparable", highlight=False)
     if data.synthetic:
         console.print("[bold red]SYNTHETIC data[/bold red]: accuracies say nothing about CIFAR-10")
     if records:

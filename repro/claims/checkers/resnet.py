@@ -110,10 +110,16 @@ def ladder_context(ctx) -> tuple[dict | None, str]:
     return ladder, evidence if ladder is None else f"{evidence}; {comparability(ladder)}"
 
 
+def _endpoints(claim) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The (seconds, accuracy) the answer gives for the first and last stage of post 1."""
+    reports = claim.params["stage_reports"]
+    return reports[STAGES[0]], reports[STAGES[-1]]
+
+
 def blog_ladder_endpoints(claim, ctx) -> Finding:
     """rn-retry-a: 341 s → 297 s at 94%, against the blog text; the measured ladder alongside."""
-    p, b = claim.params, blog_seconds()
-    matches = p["baseline_s"] == b["ben_johnson"] and p["final_s"] == b["final"] and p["accuracy"] == BLOG_ACCURACY
+    (base_s, base_acc), (final_s, final_acc), b = *_endpoints(claim), blog_seconds()
+    matches = base_s == b["ben_johnson"] and final_s == b["final"] and base_acc == final_acc == BLOG_ACCURACY
     _, evidence = ladder_context(ctx)
     return Finding(
         measured=f"blog: {b['ben_johnson']} s (Ben Johnson's entry; Page's reproduction {b['baseline']} s) → "
@@ -127,14 +133,14 @@ def blog_ladder_endpoints(claim, ctx) -> Finding:
 
 def hallucinated_numbers(claim, ctx) -> Finding:
     """rn-hallu: 18 h / 68% → 35 min / 76% appear nowhere in the blog (341 s → 297 s, 94%)."""
-    p, b = claim.params, blog_seconds()
-    claimed_ratio = p["final_s"] / p["baseline_s"]
-    matches = p["baseline_s"] in b.values() and p["final_s"] in b.values()
+    (base_s, base_acc), (final_s, final_acc), b = *_endpoints(claim), blog_seconds()
+    claimed_ratio = final_s / base_s
+    matches = base_s in b.values() and final_s in b.values()
     _, evidence = ladder_context(ctx)
     return Finding(
         measured=f"blog {b['ben_johnson']} s → {b['final']} s at 94% (ratio {b['final'] / b['ben_johnson']:.3f}); "
         f"claimed ratio {claimed_ratio:.3f}, "
-        f"accuracies {p['baseline_acc']:.0%}/{p['final_acc']:.0%} vs 94%",
+        f"accuracies {base_acc:.0%}/{final_acc:.0%} vs 94%",
         verdict=YES if matches else NO,
         basis=TEXT,
         evidence=evidence,
