@@ -226,28 +226,35 @@ def print_summary(groups, autoencoder, out_dir, llm=None):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m repro.report", description=__doc__)
-    p.add_argument("--log-dir", default="logs", help="folder with runs.jsonl, or the .jsonl file itself")
-    p.add_argument("--out", default=None, help="output folder (default <log-dir>/report)")
-    return p.parse_args(argv)
+    p.add_argument("--log-dir", action="append", default=None,
+                   help="folder with runs.jsonl, or the .jsonl file itself (default logs); give it several times "
+                        "to report logs of several sessions together")
+    p.add_argument("--out", default=None, help="output folder (default the first log's folder/report)")
+    args = p.parse_args(argv)
+    args.log_dir = args.log_dir or ["logs"]
+    return args
 
 
 @cli_main
 def main(argv=None):
     args = parse_args(argv)
-    records = read_records(args.log_dir)
+    logs = [read_records(path) for path in args.log_dir]
+    # a record is counted once, even when two of the logs hold it (a copy, or one log named twice)
+    records = list({r.get("run_id") or id(r): r for log in logs for r in log}.values())
     resnet = [r for r in records if r.get("experiment") == "resnet" and r.get("status") == "ok"
               and isinstance(r.get("total_seconds"), (int, float))]
     autoencoder = [r for r in records if r.get("experiment") == "autoencoder" and r.get("status") == "ok"]
     if not resnet and not autoencoder:
-        raise UserError(f"no ok run records in {args.log_dir}; produce some with: " + " ; ".join(PRODUCERS))
-    log_dir = Path(args.log_dir)
+        raise UserError(f"no ok run records in {', '.join(args.log_dir)}; produce some with: "
+                        + " ; ".join(PRODUCERS))
+    log_dir = Path(args.log_dir[0])
     out_dir = Path(args.out) if args.out else (log_dir.parent if log_dir.suffix == ".jsonl" else log_dir) / "report"
     groups = by_preset(resnet)
     plots, note = write_plots(next(iter(groups.values()), []), out_dir)  # the first group: real data, largest preset
-    torn = records.torn_note()
+    torn = " ".join(filter(None, (log.torn_note() for log in logs)))
     if torn:
         print(torn, file=sys.stderr)
-    llm = stage_reports(args.log_dir)  # what LLM assistants reported per stage, with the audit's verdicts
+    llm = stage_reports(args.log_dir[0])  # what LLM assistants reported per stage, with the audit's verdicts
     text = markdown(groups, autoencoder, plots, note, llm)
     if torn:
         text = text.replace("# Reproduction report\n", f"# Reproduction report\n\n{torn}\n", 1)

@@ -28,10 +28,10 @@ from dataclasses import replace
 
 import torch
 
-from repro.data import SYNTHETIC, load_cifar10
-from repro.devices import PRECISIONS, peak_flops, resolve_device, resolve_precision
+from repro.data import SYNTHETIC
+from repro.devices import peak_flops
 from repro.errors import UserError
-from repro.resnet.config import load_preset, load_stage
+from repro.resnet.cli import add_common_arguments, load_one_stage
 from repro.resnet.records import RunResult
 from repro.resnet.train import EpochStats, make_optimizer, prepare, train_step
 
@@ -74,9 +74,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", default="airbench94")
     p.add_argument("--preset", default="full")
-    p.add_argument("--data", default=SYNTHETIC)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    add_common_arguments(p, data_default=SYNTHETIC)
     p.add_argument("--variants", default="eager,default_sgd,compiled,nchw",
                    help="comma-separated, first is the reference: " + ", ".join(VARIANTS))
     p.add_argument("--steps", type=int, default=6)
@@ -84,23 +82,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1,
                    help="run the variants this many times, round robin, and report each one's median: "
                         "a machine that speeds up or slows down over minutes then favours none of them")
-    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     try:
         variants = args.variants.split(",")
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown:
             raise UserError(f"unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        device = resolve_device(args.device)
-        precision = resolve_precision(args.precision, device)
-        stage, preset = load_stage(args.stage), load_preset(args.preset)
-        if args.data == SYNTHETIC:
-            sizes = (preset.train_images or 10_000, preset.test_images or 1000)
-            data = load_cifar10(SYNTHETIC, synthetic_sizes=sizes, seed=0)
-        else:
-            data = load_cifar10(args.data).subset(preset.train_images, preset.test_images)
+        if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
+            raise UserError("--steps and --repeats must be at least 1, --warmup at least 0")
+        stage, preset, device, precision, data = load_one_stage(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,10 +18,10 @@ from dataclasses import replace
 
 import torch
 
-from repro.resnet.config import load_preset, load_stage, run_epochs
-from repro.data import SYNTHETIC, load_cifar10
-from repro.devices import PRECISIONS, resolve_device, resolve_precision
+from repro.data import SYNTHETIC
 from repro.errors import UserError
+from repro.resnet.cli import add_common_arguments, load_one_stage
+from repro.resnet.config import run_epochs
 from repro.resnet.train import Hooks, train_stage
 
 
@@ -33,22 +33,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stage", default="final")
     p.add_argument("--preset", default="cpu")
-    p.add_argument("--data", default=SYNTHETIC)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory format (default: the preset's choice)")
+    add_common_arguments(p, data_default=SYNTHETIC)
     p.add_argument("--skip", type=int, default=3, help="steps run before profiling starts (default 3)")
     p.add_argument("--steps", type=int, default=10, help="steps profiled (default 10)")
     p.add_argument("--sort", default="self_cpu_time_total", help="key_averages sort key")
     p.add_argument("--rows", type=int, default=25)
     args = p.parse_args(argv)
     try:
-        stage, preset = load_stage(args.stage), load_preset(args.preset)
-        device = resolve_device(args.device)
-        precision = resolve_precision(args.precision, device)
-        data = load_cifar10(args.data, synthetic_sizes=(preset.train_images or 5000, preset.test_images or 1000))
-        data = data.subset(preset.train_images, preset.test_images, seed=0)
+        if args.steps < 1 or args.skip < 0:
+            raise UserError("--steps must be at least 1 and --skip at least 0")
+        stage, preset, device, precision, data = load_one_stage(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -71,8 +65,7 @@ def main(argv=None) -> int:
     # enough epochs for skip + steps, whatever the stage's length
     preset = replace(preset, epochs=max(run_epochs(preset, stage), 1.0) * 4)
     try:
-        channels_last = preset.channels_last if args.channels_last is None else args.channels_last
-        train_stage(stage, preset, data, device=device, precision=precision, channels_last=channels_last, seed=0,
+        train_stage(stage, preset, data, device=device, precision=precision, channels_last=preset.channels_last, seed=0,
                     hooks=Hooks(on_step=on_step))
     except _Enough:
         pass

@@ -96,3 +96,19 @@ def test_no_two_labels_of_the_accuracy_plot_overlap_for_the_whole_ladder():
                    for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
     assert overlapping == []
     plt.close(fig)
+
+
+def test_several_logs_report_together(tmp_path):
+    """Runs of one stage kept in two logs (two sessions) are one sample: the same rows as one log
+    holding them all, and a log named twice counts its records once."""
+    lines = FIXTURE.read_text().splitlines()
+    for i, part in enumerate((lines[0::2], lines[1::2])):
+        (tmp_path / f"s{i}").mkdir()
+        (tmp_path / f"s{i}" / "runs.jsonl").write_text("\n".join(part) + "\n")
+    argv = ["--log-dir", str(tmp_path / "s0"), "--log-dir", str(tmp_path / "s1"), "--log-dir", str(tmp_path / "s0")]
+    assert main(argv + ["--out", str(tmp_path / "both")]) == 0
+    assert main(["--log-dir", str(FIXTURE), "--out", str(tmp_path / "one")]) == 0
+    both, one = ((tmp_path / d / "report.md").read_text() for d in ("both", "one"))
+    assert _row(both, "baseline") == _row(one, "baseline")
+    assert "| baseline | 2 | - | - | 1.000 | 405.0 ± 7.1 | blog |" in both
+    assert _row(both, "final") == _row(one, "final")

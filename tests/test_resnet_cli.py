@@ -147,7 +147,7 @@ def test_several_runs_give_mean_and_std(tmp_path, capsys):
     (["--stage", "resnet9:fastest"], "unknown stage 'fastest' in range resnet9:fastest"),
     (["--ladder", "speedrun"], "unknown ladder 'speedrun'; valid ladders: post1, dawnbench, bag_of_tricks, airbench, records, all"),
     (["--data", "/nonexistent/cifar"], "no such file or directory"),
-    (["--preset", "huge"], "unknown preset 'huge'; valid presets: auto, cpu, full, loaderbound, smoke"),
+    (["--preset", "huge"], "unknown preset 'huge'; valid presets: auto, cpu, full, loaderbound, narrow, smoke"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda, not 'tpu'"),
     (["--runs", "0"], "--runs must be at least 1"),
 ])

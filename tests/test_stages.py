@@ -259,7 +259,7 @@ def test_preset_sizes_are_validated(tmp_path):
     with pytest.raises(UserError, match="train_images and test_images must be >= 1"):
         load_preset("tiny", tmp_path / "configs")
     # presets are discovered like stages: the new file is listed
-    with pytest.raises(UserError, match="unknown preset 'huge'; valid presets: auto, cpu, full, loaderbound, smoke, tiny"):
+    with pytest.raises(UserError, match="unknown preset 'huge'; valid presets: auto, cpu, full, loaderbound, narrow, smoke, tiny"):
         load_preset("huge", tmp_path / "configs")
     cpu = load_preset("cpu")
     assert (cpu.width_divisor, cpu.train_images, cpu.test_images) == (4, 10000, None)

@@ -26,11 +26,39 @@ from ..devices import PRECISIONS, choose_precision, compiler_missing, peak_flops
 from ..errors import UserError, cli_main
 from .. import runlog
 from . import distributed
-from .config import ConfigDirs, Preset, available_presets, available_stages, load_ladders, load_preset, load_stage
+from .config import (ConfigDirs, Preset, StageConfig, available_presets, available_stages, load_ladders, load_preset,
+                     load_stage)
 from .plan import DataParallel, Local, Plan, RunOptions, SeedsOverRanks, run_plan
 from .train import check_split_over_ranks
 
 SYNTHETIC_DEFAULT_SIZES = (5000, 1000)
+
+
+def add_common_arguments(p: argparse.ArgumentParser, *, data_default: str | None = None) -> None:
+    """Where stages, presets and data come from, and what runs them: the options the CLI shares with
+    the scripts that run a stage's steps (scripts/bench_step.py, scripts/profile_stage.py)."""
+    p.add_argument("--config-dir", default=None,
+                   help="a directory of your own stage files (DIR/*.toml) and presets (DIR/presets/*.toml), "
+                        "searched before the built-in ones; also $REPRO_CONFIG_DIR")
+    p.add_argument("--data", default=data_default,
+                   help="directory with cifar-10-batches-py/, an image folder or .tar.gz of one, or 'synthetic' "
+                        + (f"(default: {data_default})" if data_default else
+                           "(default: the cache directory, downloading if needed)"))
+    p.add_argument("--cache-dir", default=None, help="where downloads and decoded arrays live (default ~/.cache/repro)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto = bf16 on a GPU or CPU with native bf16; fp16 + GradScaler on a GPU without it; "
+                        "else fp32")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: the preset's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice, one per core); on a machine other "
+                        "work is loading, 1 can be several times faster than 2")
+
+
+def check_common_arguments(args) -> None:
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
 
 
 def parse_args(argv):
@@ -41,21 +69,9 @@ def parse_args(argv):
     p.add_argument("--ladder", default=None,
                    help="run a named ladder instead of --stage: " + ", ".join(load_ladders()))
     p.add_argument("--list", action="store_true", help="list every stage with its source's time and accuracy, and exit")
-    p.add_argument("--config-dir", default=None,
-                   help="a directory of your own stage files (DIR/*.toml) and presets (DIR/presets/*.toml), "
-                        "searched before the built-in ones; also $REPRO_CONFIG_DIR")
     p.add_argument("--preset", default="auto",
                    help=f"auto | {' | '.join(available_presets())} (default auto: full on CUDA, cpu otherwise)")
-    p.add_argument("--data", default=None,
-                   help="directory with cifar-10-batches-py/, an image folder or .tar.gz of one, or 'synthetic' "
-                        "(default: the cache directory, downloading if needed)")
-    p.add_argument("--cache-dir", default=None, help="where downloads and decoded arrays live (default ~/.cache/repro)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto = bf16 on a GPU or CPU with native bf16; fp16 + GradScaler on a GPU without it; "
-                        "else fp32")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory format (default: the preset's choice)")
+    add_common_arguments(p)
     p.add_argument("--epochs", type=float, default=None,
                    help="train every stage this many epochs (default: the stage's own epochs x the preset's scale)")
     p.add_argument("--runs", type=int, default=1, help="runs per stage, seeds s, s+1, ... (default 1)")
@@ -64,9 +80,6 @@ def parse_args(argv):
                    help="sync: time every phase (on CUDA a synchronisation per phase, which removes the "
                         "loader/GPU overlap); deferred: statistics stay on the device, one synchronisation per "
                         "epoch; auto = deferred on CUDA, sync on a CPU (where both measure the same)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice, one per core); on a machine other "
-                        "work is loading, 1 can be several times faster than 2")
     p.add_argument("--eval-every", type=int, default=1,
                    help="the per-epoch test pass after every N-th epoch and the last (default 1: every epoch); "
                         "the final TTA pass always runs")
@@ -87,8 +100,7 @@ def parse_args(argv):
         raise UserError("--runs must be at least 1")
     if args.epochs is not None and args.epochs <= 0:
         raise UserError("--epochs must be above 0")
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
+    check_common_arguments(args)
     if args.eval_every < 1:
         raise UserError("--eval-every must be at least 1")
     if args.compile and args.ddp:
@@ -146,11 +158,28 @@ def print_stage_list(console: Console, configs: ConfigDirs) -> None:
 
 
 def load_data(args, preset: Preset) -> CifarArrays:
+    """The preset's share of ``--data``: its training subset (seed 0, the same for every run) and test images."""
     if args.data == SYNTHETIC:
         sizes = (preset.train_images or SYNTHETIC_DEFAULT_SIZES[0], preset.test_images or SYNTHETIC_DEFAULT_SIZES[1])
-        return load_cifar10(SYNTHETIC, synthetic_sizes=sizes, seed=args.seed)
+        return load_cifar10(SYNTHETIC, synthetic_sizes=sizes, seed=getattr(args, "seed", 0))
     data = load_cifar10(args.data, args.cache_dir)
     return data.subset(preset.train_images, preset.test_images, seed=0)
+
+
+def load_one_stage(args) -> tuple[StageConfig, Preset, torch.device, str, CifarArrays]:
+    """What the scripts that run one stage's steps need from ``add_common_arguments`` plus their
+    ``--stage`` and ``--preset``: the stage, its preset (``--channels-last`` applied), the device,
+    the precision ``auto`` means there, and the preset's data. Bad input is a ``UserError``."""
+    check_common_arguments(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = ConfigDirs.from_env(args.config_dir)
+    stage, preset = load_stage(args.stage, configs), load_preset(args.preset, configs)
+    if args.channels_last is not None:
+        preset = replace(preset, channels_last=args.channels_last)
+    device = resolve_device(args.device)
+    precision, _ = choose_precision(args.precision, device)
+    return stage, preset, device, precision, load_data(args, preset)
 
 
 def resolve_options(args, device: torch.device, configs: ConfigDirs) -> RunOptions:

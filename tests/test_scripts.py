@@ -1,0 +1,69 @@
+"""The diagnostic scripts (scripts/bench_step.py, scripts/profile_stage.py) share the CLI's options for
+where stages, presets and data come from: a user's preset directory works there too, and bad input is
+one line with exit status 2."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_rows(out: str) -> dict[str, dict[str, float]]:
+    rows = {}
+    for line in out.splitlines():
+        m = re.match(r"\s+(\w+)\s+([\d.]+) s/step .* loss ([\d.]+)", line)
+        if m:
+            rows[m.group(1)] = {"step": float(m.group(2)), "loss": float(m.group(3))}
+    return rows
+
+
+def test_bench_step_variants_train_the_same_net(capsys):
+    # the memory format changes the kernels, not the arithmetic: the same loss after the same batches
+    code = load_script("bench_step").main(["--stage", "tta", "--preset", "smoke", "--variants", "eager,nchw,foreach",
+                                           "--steps", "2", "--warmup", "1", "--precision", "fp32"])
+    out = capsys.readouterr().out
+    assert code == 0
+    rows = bench_rows(out)
+    assert set(rows) == {"eager", "nchw", "foreach"}
+    for name in ("nchw", "foreach"):
+        assert rows[name]["loss"] == pytest.approx(rows["eager"]["loss"], rel=1e-3)
+    # a smoke-preset tta net stepped twice has not learnt anything yet: its loss is near ln(10)
+    assert rows["eager"]["loss"] == pytest.approx(2.3026, rel=0.2)
+
+
+def test_scripts_read_a_users_preset_directory(tmp_path, capsys):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "mine.toml").write_text("epochs = 1\nwidth_divisor = 16\ntrain_images = 256\n"
+                                                     "test_images = 64\nchannels_last = false\n")
+    code = load_script("bench_step").main(["--stage", "resnet9", "--preset", "mine", "--config-dir", str(tmp_path),
+                                           "--variants", "eager", "--steps", "1", "--warmup", "0"])
+    assert code == 0
+    assert "resnet9, preset mine," in capsys.readouterr().out
+    code = load_script("profile_stage").main(["--stage", "resnet9", "--preset", "mine", "--config-dir", str(tmp_path),
+                                              "--skip", "1", "--steps", "1", "--rows", "3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"resnet9, preset mine, cpu, \w+: [\d.]+ s per profiled step", out)
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("bench_step", ["--variants", "eager,warp"], "unknown variant 'warp'"),
+    ("bench_step", ["--preset", "smoke", "--threads", "0"], "--threads must be at least 1"),
+    ("bench_step", ["--preset", "huge"], "unknown preset 'huge'"),
+    ("profile_stage", ["--stage", "resnet10"], "resnet10"),
+    ("profile_stage", ["--preset", "smoke", "--steps", "0"], "--steps must be at least 1"),
+])
+def test_scripts_bad_input_is_one_line(capsys, script, argv, message):
+    assert load_script(script).main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
