@@ -53,7 +53,10 @@ def by_preset(records) -> dict[str, list[dict]]:
     return {k: groups[k] for k in sorted(groups, key=rank)}
 
 
-def target_of(records) -> float | None:
+def target_of(records, override: float | None = None) -> float | None:
+    """``--target`` when given, else the target the runs were made against (their preset's)."""
+    if override is not None:
+        return override
     target = records[0].get("target_accuracy")
     if target is None and records[0].get("preset") in available_presets():
         target = load_preset(records[0]["preset"]).target_accuracy
@@ -68,7 +71,7 @@ def describe(records) -> str:
             f"{len(records)} runs in {len({r.get('group_id') for r in records})} invocation(s)")
 
 
-def markdown(groups, autoencoder, plots, note, llm=None) -> str:
+def markdown(groups, autoencoder, plots, note, llm=None, target=None) -> str:
     entry = load_stage("baseline").source.entry_seconds
     out = ["# Reproduction report", ""]
     if groups:
@@ -81,7 +84,7 @@ def markdown(groups, autoencoder, plots, note, llm=None) -> str:
         real = not name.endswith("(synthetic)") and not name.startswith("smoke")
         out += [f"## ResNet ladder, preset {name}", "", describe(records)
                 + ("" if real else " **Synthetic/smoke: pipeline evidence only.**"), ""]
-        out += ladders.markdown_table(records, target_of(records), llm) + [""]
+        out += ladders.markdown_table(records, target_of(records, target), llm) + [""]
     if autoencoder:
         from .autoencoder.table import markdown_sections
 
@@ -90,7 +93,7 @@ def markdown(groups, autoencoder, plots, note, llm=None) -> str:
     return "\n".join(out)
 
 
-def write_plots(records, out_dir: Path) -> tuple[list[Path], str]:
+def write_plots(records, out_dir: Path, target: float | None = None) -> tuple[list[Path], str]:
     """Time / first stage (measured beside the source) and accuracy against time, for every stage
     of ``records``; [] with a note without matplotlib."""
     try:
@@ -104,7 +107,7 @@ def write_plots(records, out_dir: Path) -> tuple[list[Path], str]:
         return [], "No ResNet records to plot."
     import io
 
-    target = target_of(records)
+    target = target_of(records, target)
     rows = ladders.ladder_rows(records, target)
     preset = records[0].get("preset")
     first = statistics.fmean(rows[0].seconds)
@@ -197,7 +200,7 @@ def accuracy_vs_time(rows, preset, target):
         points.append((r.source_seconds, 100 * r.source_accuracy))
         labels.append(str(i))
     if target is not None:
-        ax.axhline(100 * target, ls="--", color="grey", label=f"preset target {100 * target:g}%")
+        ax.axhline(100 * target, ls="--", color="grey", label=f"target {100 * target:g}%")
     xs = [x for x, _ in points]
     wide = max(xs) / min(xs) > 5
     if wide:
@@ -214,12 +217,12 @@ def accuracy_vs_time(rows, preset, target):
     return fig, place_labels(fig, ax, points, labels)
 
 
-def print_summary(groups, autoencoder, out_dir, llm=None):
+def print_summary(groups, autoencoder, out_dir, llm=None, target=None):
     from rich.console import Console
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     for name, records in groups.items():
-        console.print(ladders.rich_table(records, target_of(records), f"ResNet ladder, preset {name}", llm))
+        console.print(ladders.rich_table(records, target_of(records, target), f"ResNet ladder, preset {name}", llm))
     console.print(f"{sum(map(len, groups.values()))} ResNet runs, {len(autoencoder)} autoencoder records; "
                   f"report written to {out_dir / 'report.md'}")
 
@@ -230,7 +233,11 @@ def parse_args(argv):
                    help="folder with runs.jsonl, or the .jsonl file itself (default logs); give it several times "
                         "to report logs of several sessions together")
     p.add_argument("--out", default=None, help="output folder (default the first log's folder/report)")
+    p.add_argument("--target", type=float, default=None,
+                   help="the accuracy (a fraction, e.g. 0.905) that time to target, runs reaching it and the "
+                        "one-sided p-value are measured against (default: the target the runs were made with)")
     args = p.parse_args(argv)
+    ladders.check_target(args.target)
     args.log_dir = args.log_dir or ["logs"]
     return args
 
@@ -250,16 +257,17 @@ def main(argv=None):
     log_dir = Path(args.log_dir[0])
     out_dir = Path(args.out) if args.out else (log_dir.parent if log_dir.suffix == ".jsonl" else log_dir) / "report"
     groups = by_preset(resnet)
-    plots, note = write_plots(next(iter(groups.values()), []), out_dir)  # the first group: real data, largest preset
+    # the first group: real data, largest preset
+    plots, note = write_plots(next(iter(groups.values()), []), out_dir, args.target)
     torn = " ".join(filter(None, (log.torn_note() for log in logs)))
     if torn:
         print(torn, file=sys.stderr)
-    llm = stage_reports(args.log_dir[0])  # what LLM assistants reported per stage, with the audit's verdicts
-    text = markdown(groups, autoencoder, plots, note, llm)
+    llm = stage_reports(records=records)  # what LLM assistants reported per stage, judged on every log given
+    text = markdown(groups, autoencoder, plots, note, llm, args.target)
     if torn:
         text = text.replace("# Reproduction report\n", f"# Reproduction report\n\n{torn}\n", 1)
     atomic_write(out_dir / "report.md", text.encode())
-    print_summary(groups, autoencoder, out_dir, llm)
+    print_summary(groups, autoencoder, out_dir, llm, args.target)
     return 0
 
 

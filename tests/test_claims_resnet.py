@@ -14,7 +14,7 @@ def run(claim_id, log_dir=FIXTURE, **ctx):
 
 
 def test_best_ladder_prefers_real_latest_complete():
-    ladder = resnet.best_ladder(resnet.ok_records(FIXTURE))
+    ladder = resnet.best_ladder(resnet.ok_records(common.Context(log_dir=str(FIXTURE))))
     assert ladder["baseline"]["group_id"] == "g-cpu-1"
     assert ladder["final"]["total_seconds"] == 340.0
 
@@ -80,3 +80,15 @@ def test_blog_claim_quotes_are_in_the_post():
     for claim_id in ("rn-blog-flops", "rn-blog-total", "rn-blog-40s", "rn-blog-per-epoch", "rn-blog-297"):
         for part in by_id()[claim_id].quote.replace(";", "…").split("…"):
             assert part.strip(" .") in text, (claim_id, part)
+
+
+def test_records_given_to_the_context_are_judged_instead_of_its_log(tmp_path):
+    """The report passes the records of all its logs: the claims then quote a ladder from them,
+    not from the (here empty) log folder."""
+    from repro.runlog import read_records
+
+    empty = common.Context(log_dir=str(tmp_path))
+    given = common.Context(log_dir=str(tmp_path), records=list(read_records(FIXTURE)))
+    assert resnet.ladder_evidence(empty)[0] is None
+    ladder, evidence = resnet.ladder_evidence(given)
+    assert ladder["baseline"]["group_id"] == "g-cpu-1" and "preset cpu" in evidence

@@ -112,3 +112,29 @@ def test_several_logs_report_together(tmp_path):
     assert _row(both, "baseline") == _row(one, "baseline")
     assert "| baseline | 2 | - | - | 1.000 | 405.0 ± 7.1 | blog |" in both
     assert _row(both, "final") == _row(one, "final")
+
+
+def test_target_option_sets_the_target_of_every_column(tmp_path):
+    """--target replaces the runs' own target: runs reaching it and the one-sided p-value follow it.
+    With 2 runs the t statistic has 1 degree of freedom (a Cauchy law), so p = 1/2 - atan(t)/pi."""
+    import math
+
+    assert main(["--log-dir", str(FIXTURE), "--out", str(tmp_path), "--target", "0.935"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| stage |") and "≥93.5%" in line)
+    cols = [c.strip() for c in header.strip("|").split("|")]
+
+    def cell(stage, col):
+        return [c.strip() for c in _row(md, stage).strip("|").split("|")][cols.index(col)]
+
+    # final 0.941, 0.943: mean 0.942, std/sqrt(2) = 0.001, t = 7; baseline 0.931, 0.933: t = -3
+    assert cell("final", "≥93.5%") == "2/2" and cell("baseline", "≥93.5%") == "0/2"
+    assert cell("final", "p(>target)") == f"{0.5 - math.atan(7) / math.pi:.3f}"
+    assert cell("baseline", "p(>target)") == f"{0.5 - math.atan(-3) / math.pi:.3f}"
+
+
+def test_target_given_as_a_percentage_is_one_line(tmp_path, capsys):
+    assert main(["--log-dir", str(FIXTURE), "--out", str(tmp_path), "--target", "90.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "for 90.5% write 0.905" in err and "Traceback" not in err
+    assert not (tmp_path / "report.md").exists()

@@ -140,6 +140,19 @@ def test_several_runs_give_mean_and_std(tmp_path, capsys):
     assert "±" in capsys.readouterr().out
 
 
+def test_target_option_replaces_the_presets_target(tmp_path, capsys):
+    """--target is the accuracy the record's time to target and the table are measured against:
+    a target every run passes is reached at the first test pass."""
+    argv = ["--stage", "final", *SMOKE, "--runs", "2", "--target", "0.001", "--log-dir", str(tmp_path)]
+    assert resnet.main(argv) == 0
+    recs = _records(tmp_path)
+    assert [r["target_accuracy"] for r in recs] == [0.001, 0.001]
+    assert [r["target_epoch"] for r in recs] == [1, 1]
+    out = capsys.readouterr().out
+    assert "≥0.1%" in out and "warning" not in out
+    assert load_preset("smoke").target_accuracy != 0.001
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--stage", "turbo"], "unknown stage 'turbo'; valid stages: baseline, simplified, preprocessed, bulk_rng, final, "
                            "batch512,"),
@@ -150,6 +163,8 @@ def test_several_runs_give_mean_and_std(tmp_path, capsys):
     (["--preset", "huge"], "unknown preset 'huge'; valid presets: auto, cpu, full, loaderbound, narrow, smoke"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda, not 'tpu'"),
     (["--runs", "0"], "--runs must be at least 1"),
+    (["--target", "94"], "--target is a fraction of the test set between 0 and 1, e.g. 0.905 for 90.5%; got 94 "
+                         "(for 94% write 0.94)"),
 ])
 def test_bad_input_is_one_line_and_writes_no_ok_record(tmp_path, capsys, argv, message):
     args = ["--preset", "smoke", "--data", "synthetic", "--quiet", "--log-dir", str(tmp_path)]

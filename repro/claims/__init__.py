@@ -60,11 +60,12 @@ def duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def stage_reports(log_dir: str = "logs") -> dict[str, list[str]]:
+def stage_reports(log_dir: str = "logs", records: list[dict] | None = None) -> dict[str, list[str]]:
     """Per ladder stage, what the assistants reported for it (time, accuracy) with the audit's
     verdict on that answer, one text each: read from the registry's ``stage_reports``, the same
-    numbers the claims' checkers judge. The ladder table and the report show them."""
-    ctx, out = Context(log_dir=str(log_dir)), {}
+    numbers the claims' checkers judge. The ladder table and the report show them. The verdicts
+    judge ``records`` when given (the report's logs together), else the log in ``log_dir``."""
+    ctx, out = Context(log_dir=str(log_dir), records=records), {}
     for claim in CLAIMS:
         reports = claim.params.get("stage_reports")
         if not reports:

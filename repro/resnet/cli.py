@@ -28,6 +28,7 @@ from .. import runlog
 from . import distributed
 from .config import (ConfigDirs, Preset, StageConfig, available_presets, available_stages, load_ladders, load_preset,
                      load_stage)
+from .ladder import check_target
 from .plan import DataParallel, Local, Plan, RunOptions, SeedsOverRanks, run_plan
 from .train import check_split_over_ranks
 
@@ -87,6 +88,9 @@ def parse_args(argv):
                    help="train and evaluate torch.compile(net) (inductor; needs a C++ compiler on a CPU, Triton on "
                         "CUDA); its one-time compilation is timed apart as the compile phase and counted in every "
                         "clock. Without a compiler: one line, and the run goes on eager")
+    p.add_argument("--target", type=float, default=None,
+                   help="the accuracy (a fraction, e.g. 0.905) each stage's time to target and one-sided "
+                        "p-value are measured against (default: the preset's target)")
     p.add_argument("--log-dir", default="logs", help="where runs.jsonl is appended (default logs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch rows")
     p.add_argument("--ddp", action="store_true",
@@ -103,6 +107,7 @@ def parse_args(argv):
     check_common_arguments(args)
     if args.eval_every < 1:
         raise UserError("--eval-every must be at least 1")
+    check_target(args.target)
     if args.compile and args.ddp:
         raise UserError("--compile with --ddp is not supported: DistributedDataParallel re-wraps the net mid-run")
     return args
@@ -157,11 +162,12 @@ def print_stage_list(console: Console, configs: ConfigDirs) -> None:
     console.print("ladders: " + "; ".join(f"{k} = {v[0]} … {v[-1]}" for k, v in load_ladders(configs).items()))
 
 
-def load_data(args, preset: Preset) -> CifarArrays:
-    """The preset's share of ``--data``: its training subset (seed 0, the same for every run) and test images."""
+def load_data(args, preset: Preset, synthetic_seed: int = 0) -> CifarArrays:
+    """The preset's share of ``--data``: its training subset (seed 0, the same for every run) and test
+    images; ``synthetic_seed`` draws the images when ``--data synthetic``."""
     if args.data == SYNTHETIC:
         sizes = (preset.train_images or SYNTHETIC_DEFAULT_SIZES[0], preset.test_images or SYNTHETIC_DEFAULT_SIZES[1])
-        return load_cifar10(SYNTHETIC, synthetic_sizes=sizes, seed=getattr(args, "seed", 0))
+        return load_cifar10(SYNTHETIC, synthetic_sizes=sizes, seed=synthetic_seed)
     data = load_cifar10(args.data, args.cache_dir)
     return data.subset(preset.train_images, preset.test_images, seed=0)
 
@@ -188,6 +194,8 @@ def resolve_options(args, device: torch.device, configs: ConfigDirs) -> RunOptio
     preset, reason = choose_preset(args.preset, device, configs)
     if args.epochs is not None:
         preset = replace(preset, epochs=args.epochs)
+    if args.target is not None:
+        preset = replace(preset, target_accuracy=args.target)
     timing = args.phase_timing if args.phase_timing != "auto" else ("deferred" if device.type == "cuda" else "sync")
     compile_net = args.compile
     if compile_net and (missing := compiler_missing(device)):
@@ -238,7 +246,7 @@ def _main(args, console: Console, configs: ConfigDirs, ctx) -> int:
 
     if ctx is not None and ctx.local_rank != 0:
         distributed.barrier(ctx)  # one download / decode per node: local rank 0 first
-    data = load_data(args, options.preset)
+    data = load_data(args, options.preset, synthetic_seed=args.seed)
     if ctx is not None and ctx.local_rank == 0:
         distributed.barrier(ctx)
     preset = options.preset

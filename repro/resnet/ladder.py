@@ -16,7 +16,17 @@ import statistics
 import warnings
 from dataclasses import dataclass, field
 
+from ..errors import UserError
 from .config import CLOCKS, StageConfig, available_stages, load_stage
+
+
+def check_target(target: float | None, option: str = "--target") -> float | None:
+    """A target accuracy from the command line: a fraction of the test set, 0 < target < 1."""
+    if target is not None and not 0 < target < 1:
+        hint = f" (for {target:g}% write {target / 100:g})" if 1 < target < 100 else ""
+        raise UserError(f"{option} is a fraction of the test set between 0 and 1, e.g. 0.905 for 90.5%; "
+                        f"got {target:g}{hint}")
+    return target
 
 
 def measured_seconds(record: dict, timing: str = "blog") -> float:

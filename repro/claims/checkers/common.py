@@ -51,6 +51,7 @@ class Context:
     seed: int = 0
     quick: bool = False
     log_dir: str = "logs"
+    records: list[dict] | None = None  # run records already read (several logs together); None: read log_dir
     blog_text: str | None = None  # a file with the full post-1 text (e.g. transcript 004); None: the bundled quotes
     _memo: dict = field(default_factory=dict, repr=False)
 

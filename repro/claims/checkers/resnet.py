@@ -27,10 +27,12 @@ PRESET_PREFERENCE = ("full", "cpu", "smoke")
 RUN_COMMAND = "python -m repro.resnet --stage all --preset cpu --data PATH/cifar10-jpeg.tar.gz"
 
 
-def ok_records(log_dir) -> list[dict]:
+def ok_records(ctx) -> list[dict]:
+    """The ok ResNet records the claims are judged on: the context's, else its log's."""
     from repro.runlog import read_records
 
-    return [r for r in read_records(log_dir, "resnet") if r.get("status") == "ok"]
+    records = ctx.records if ctx.records is not None else read_records(ctx.log_dir, "resnet")
+    return [r for r in records if r.get("experiment") == "resnet" and r.get("status") == "ok"]
 
 
 def is_real(record: dict) -> bool:
@@ -79,7 +81,7 @@ def describe_ladder(ladder) -> str:
 
 def ladder_evidence(ctx) -> tuple[dict | None, str]:
     """The ladder to quote and a sentence on what it can show."""
-    ladder = best_ladder(ok_records(ctx.log_dir))
+    ladder = best_ladder(ok_records(ctx))
     if ladder is None:
         return None, f"no complete ok ladder in {ctx.log_dir}; run: {RUN_COMMAND}"
     if not all(is_real(r) for r in ladder.values()):
