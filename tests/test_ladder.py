@@ -60,6 +60,20 @@ def test_time_to_target_is_on_the_sources_clock_and_a_miss_is_marked():
     assert "| resnet9 | 2 | 10.0 ± 0.0 | 0.455 | 0.253 |" in table
 
 
+def test_another_target_reads_time_to_target_from_the_epochs_test_passes():
+    """A report's --target differs from the run's own: the first epoch whose test pass reached it is
+    read from the per-epoch accuracies (the run's own target_epoch answers only for its own target)."""
+    phases = {"data_wait": 1.0, "forward_backward": 6.0, "optimizer_step": 1.0, "evaluation": 2.0}
+    rec = {"stage": "final", "status": "ok", "total_seconds": 50, "test_accuracy": 0.8, "target_accuracy": 0.94,
+           "target_epoch": None, "phases": {"preprocessing": 2.0},
+           "epochs": [{"epoch": i + 1, "seconds": 10.0, "phases": phases, "test_accuracy": acc}
+                      for i, acc in enumerate((0.5, None, 0.75, 0.8))]}
+    (own,) = ladder_rows([rec], 0.94)
+    (lower,) = ladder_rows([rec], 0.7)  # first reached by epoch 3's test pass: 2 + 3 x 10 s on the blog clock
+    (missed,) = ladder_rows([rec], 0.9)
+    assert own.target_seconds == [] and lower.target_seconds == [32.0] and missed.target_seconds == []
+
+
 def test_each_stage_is_timed_on_its_sources_clock():
     clocks = {"blog": 100.0, "dawnbench": 60.0, "airbench": 70.0}
     rec = _record("tta", 120.0, 0.9, seconds_by_timing=clocks)

@@ -35,17 +35,28 @@ def measured_seconds(record: dict, timing: str = "blog") -> float:
     return float(by_timing.get(timing, record["total_seconds"]))
 
 
-def seconds_to_target(record: dict, timing: str) -> float | None:
+def target_epoch(record: dict, target: float | None = None) -> int | None:
+    """The first epoch whose test pass reached ``target``: the record's own ``target_epoch`` when
+    ``target`` is the one the run was made with (or the record names none), else read from the
+    per-epoch test accuracies (a report's ``--target``)."""
+    own = record.get("target_accuracy")
+    if target is None or own is None or target == own:
+        return record.get("target_epoch")
+    return next((e["epoch"] for e in record.get("epochs") or []
+                 if e.get("test_accuracy") is not None and e["test_accuracy"] >= target), None)
+
+
+def seconds_to_target(record: dict, timing: str, target: float | None = None) -> float | None:
     """Seconds on ``timing``'s clock at the end of the epoch whose test pass first reached the
-    preset's target (None if none did): the run's preparation and compilation, the training of
-    every epoch up to it, and its test passes where the clock counts them. Records without
-    per-epoch phases give the suite clock's ``target_seconds``."""
-    epoch = record.get("target_epoch")
+    target (the run's own, or ``target``; None if none did): the run's preparation and compilation,
+    the training of every epoch up to it, and its test passes where the clock counts them. Records
+    without per-epoch phases give the suite clock's ``target_seconds``."""
+    epoch = target_epoch(record, target)
     if epoch is None:
         return None
     rows = record.get("epochs") or []
     if not all(isinstance(e.get("phases"), dict) for e in rows[:epoch]) or len(rows) < epoch:
-        return record.get("target_seconds")
+        return record.get("target_seconds") if epoch == record.get("target_epoch") else None
     counted = CLOCKS.get(timing, CLOCKS["blog"])
     phases = record.get("phases") or {}
     seconds = sum(phases.get(p, 0.0) for p in ("preprocessing", "compile") if p in counted)
@@ -158,7 +169,7 @@ def ladder_rows(records: list[dict], target: float | None = None) -> list[StageR
             source_seconds=source.seconds if source else recs[0].get("blog_seconds"),
             source_accuracy=source.accuracy if source else None, source_note=source.note if source else "",
             accuracy_no_tta=[r["test_accuracy_no_tta"] for r in recs if r.get("test_accuracy_no_tta") is not None],
-            target_seconds=[s for r in recs if (s := seconds_to_target(r, timing)) is not None],
+            target_seconds=[s for r in recs if (s := seconds_to_target(r, timing, target)) is not None],
             target_recorded=all("target_epoch" in r for r in recs),
             flops=statistics.fmean(r["train_flops"] for r in recs) if all(r.get("train_flops") for r in recs) else None,
             epoch_seconds=[statistics.fmean(e["seconds"] for e in r["epochs"]) for r in recs if r.get("epochs")],
