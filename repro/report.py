@@ -71,7 +71,8 @@ def describe(records) -> str:
             f"{len(records)} runs in {len({r.get('group_id') for r in records})} invocation(s)")
 
 
-def markdown(groups, autoencoder, plots, note, llm=None, target=None) -> str:
+def markdown(groups, autoencoder, plots, note, llm=None, targets=None) -> str:
+    """The report's text; ``targets`` maps each preset group to its target (see :func:`target_of`)."""
     entry = load_stage("baseline").source.entry_seconds
     out = ["# Reproduction report", ""]
     if groups:
@@ -84,7 +85,7 @@ def markdown(groups, autoencoder, plots, note, llm=None, target=None) -> str:
         real = not name.endswith("(synthetic)") and not name.startswith("smoke")
         out += [f"## ResNet ladder, preset {name}", "", describe(records)
                 + ("" if real else " **Synthetic/smoke: pipeline evidence only.**"), ""]
-        out += ladders.markdown_table(records, target_of(records, target), llm) + [""]
+        out += ladders.markdown_table(records, (targets or {}).get(name), llm) + [""]
     if autoencoder:
         from .autoencoder.table import markdown_sections
 
@@ -95,7 +96,7 @@ def markdown(groups, autoencoder, plots, note, llm=None, target=None) -> str:
 
 def write_plots(records, out_dir: Path, target: float | None = None) -> tuple[list[Path], str]:
     """Time / first stage (measured beside the source) and accuracy against time, for every stage
-    of ``records``; [] with a note without matplotlib."""
+    of ``records``, ``target`` drawn as a line; [] with a note without matplotlib."""
     try:
         import matplotlib
 
@@ -107,7 +108,6 @@ def write_plots(records, out_dir: Path, target: float | None = None) -> tuple[li
         return [], "No ResNet records to plot."
     import io
 
-    target = target_of(records, target)
     rows = ladders.ladder_rows(records, target)
     preset = records[0].get("preset")
     first = statistics.fmean(rows[0].seconds)
@@ -217,12 +217,12 @@ def accuracy_vs_time(rows, preset, target):
     return fig, place_labels(fig, ax, points, labels)
 
 
-def print_summary(groups, autoencoder, out_dir, llm=None, target=None):
+def print_summary(groups, autoencoder, out_dir, llm=None, targets=None):
     from rich.console import Console
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     for name, records in groups.items():
-        console.print(ladders.rich_table(records, target_of(records, target), f"ResNet ladder, preset {name}", llm))
+        console.print(ladders.rich_table(records, (targets or {}).get(name), f"ResNet ladder, preset {name}", llm))
     console.print(f"{sum(map(len, groups.values()))} ResNet runs, {len(autoencoder)} autoencoder records; "
                   f"report written to {out_dir / 'report.md'}")
 
@@ -234,8 +234,7 @@ def parse_args(argv):
                         "to report logs of several sessions together")
     p.add_argument("--out", default=None, help="output folder (default the first log's folder/report)")
     p.add_argument("--target", type=float, default=None,
-                   help="the accuracy (a fraction, e.g. 0.905) that time to target, runs reaching it and the "
-                        "one-sided p-value are measured against (default: the target the runs were made with)")
+                   help=ladders.target_help("the target the runs were made with"))
     args = p.parse_args(argv)
     ladders.check_target(args.target)
     args.log_dir = args.log_dir or ["logs"]
@@ -257,17 +256,19 @@ def main(argv=None):
     log_dir = Path(args.log_dir[0])
     out_dir = Path(args.out) if args.out else (log_dir.parent if log_dir.suffix == ".jsonl" else log_dir) / "report"
     groups = by_preset(resnet)
+    targets = {name: target_of(group, args.target) for name, group in groups.items()}
     # the first group: real data, largest preset
-    plots, note = write_plots(next(iter(groups.values()), []), out_dir, args.target)
+    first = next(iter(groups), None)
+    plots, note = write_plots(groups.get(first, []), out_dir, targets.get(first))
     torn = " ".join(filter(None, (log.torn_note() for log in logs)))
     if torn:
         print(torn, file=sys.stderr)
     llm = stage_reports(records=records)  # what LLM assistants reported per stage, judged on every log given
-    text = markdown(groups, autoencoder, plots, note, llm, args.target)
+    text = markdown(groups, autoencoder, plots, note, llm, targets)
     if torn:
         text = text.replace("# Reproduction report\n", f"# Reproduction report\n\n{torn}\n", 1)
     atomic_write(out_dir / "report.md", text.encode())
-    print_summary(groups, autoencoder, out_dir, llm, args.target)
+    print_summary(groups, autoencoder, out_dir, llm, targets)
     return 0
 
 

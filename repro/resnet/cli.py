@@ -28,7 +28,7 @@ from .. import runlog
 from . import distributed
 from .config import (ConfigDirs, Preset, StageConfig, available_presets, available_stages, load_ladders, load_preset,
                      load_stage)
-from .ladder import check_target
+from .ladder import check_target, target_help
 from .plan import DataParallel, Local, Plan, RunOptions, SeedsOverRanks, run_plan
 from .train import check_split_over_ranks
 
@@ -88,9 +88,7 @@ def parse_args(argv):
                    help="train and evaluate torch.compile(net) (inductor; needs a C++ compiler on a CPU, Triton on "
                         "CUDA); its one-time compilation is timed apart as the compile phase and counted in every "
                         "clock. Without a compiler: one line, and the run goes on eager")
-    p.add_argument("--target", type=float, default=None,
-                   help="the accuracy (a fraction, e.g. 0.905) each stage's time to target and one-sided "
-                        "p-value are measured against (default: the preset's target)")
+    p.add_argument("--target", type=float, default=None, help=target_help("the preset's target"))
     p.add_argument("--log-dir", default="logs", help="where runs.jsonl is appended (default logs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch rows")
     p.add_argument("--ddp", action="store_true",

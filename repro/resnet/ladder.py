@@ -20,6 +20,12 @@ from ..errors import UserError
 from .config import CLOCKS, StageConfig, available_stages, load_stage
 
 
+def target_help(default: str) -> str:
+    """``--target``'s help, the same for every command that takes it."""
+    return (f"the accuracy (a fraction, e.g. 0.905) that time to target, runs reaching it and the one-sided "
+            f"p-value are measured against (default: {default})")
+
+
 def check_target(target: float | None, option: str = "--target") -> float | None:
     """A target accuracy from the command line: a fraction of the test set, 0 < target < 1."""
     if target is not None and not 0 < target < 1:

@@ -32,6 +32,7 @@ def ok_records(ctx) -> list[dict]:
     from repro.runlog import read_records
 
     records = ctx.records if ctx.records is not None else read_records(ctx.log_dir, "resnet")
+    # the context's records are every experiment's (the report passes all it read)
     return [r for r in records if r.get("experiment") == "resnet" and r.get("status") == "ok"]
 
 
