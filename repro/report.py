@@ -71,8 +71,13 @@ def describe(records) -> str:
             f"{len(records)} runs in {len({r.get('group_id') for r in records})} invocation(s)")
 
 
+def group_target(targets, name, records) -> float | None:
+    """The group's entry in ``targets`` (``main`` resolves them once); without ``targets``, its own preset's."""
+    return targets[name] if targets is not None else target_of(records)
+
+
 def markdown(groups, autoencoder, plots, note, llm=None, targets=None) -> str:
-    """The report's text; ``targets`` maps each preset group to its target (see :func:`target_of`)."""
+    """The report's text; ``targets`` maps each preset group to its target (see :func:`group_target`)."""
     entry = load_stage("baseline").source.entry_seconds
     out = ["# Reproduction report", ""]
     if groups:
@@ -85,7 +90,7 @@ def markdown(groups, autoencoder, plots, note, llm=None, targets=None) -> str:
         real = not name.endswith("(synthetic)") and not name.startswith("smoke")
         out += [f"## ResNet ladder, preset {name}", "", describe(records)
                 + ("" if real else " **Synthetic/smoke: pipeline evidence only.**"), ""]
-        out += ladders.markdown_table(records, (targets or {}).get(name), llm) + [""]
+        out += ladders.markdown_table(records, group_target(targets, name, records), llm) + [""]
     if autoencoder:
         from .autoencoder.table import markdown_sections
 
@@ -222,7 +227,8 @@ def print_summary(groups, autoencoder, out_dir, llm=None, targets=None):
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     for name, records in groups.items():
-        console.print(ladders.rich_table(records, (targets or {}).get(name), f"ResNet ladder, preset {name}", llm))
+        title = f"ResNet ladder, preset {name}"
+        console.print(ladders.rich_table(records, group_target(targets, name, records), title, llm))
     console.print(f"{sum(map(len, groups.values()))} ResNet runs, {len(autoencoder)} autoencoder records; "
                   f"report written to {out_dir / 'report.md'}")
 

@@ -138,3 +138,19 @@ def test_target_given_as_a_percentage_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "for 90.5% write 0.905" in err and "Traceback" not in err
     assert not (tmp_path / "report.md").exists()
+
+
+def test_markdown_without_targets_reads_each_groups_own_preset_target():
+    """A caller that does not resolve targets (only ``main`` does) still gets the preset's target columns;
+    the fixture's records carry no target, so the cpu group's comes from the cpu preset (60%)."""
+    from repro.report import by_preset, markdown, target_of
+    from repro.runlog import read_records
+
+    resnet = [r for r in read_records(FIXTURE, "resnet") if r.get("status") == "ok"
+              and isinstance(r.get("total_seconds"), (int, float))]
+    groups = by_preset(resnet)
+    resolved = {name: target_of(group) for name, group in groups.items()}
+    assert resolved["cpu"] == 0.60
+    md = markdown(groups, [], [], "")
+    assert md == markdown(groups, [], [], "", targets=resolved)
+    assert "≥60" in md
