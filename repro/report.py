@@ -113,6 +113,7 @@ def write_plots(records, out_dir: Path, target: float | None = None) -> tuple[li
         return [], "No ResNet records to plot."
     import io
 
+    target = target if target is not None else target_of(records)
     rows = ladders.ladder_rows(records, target)
     preset = records[0].get("preset")
     first = statistics.fmean(rows[0].seconds)
