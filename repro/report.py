@@ -71,13 +71,8 @@ def describe(records) -> str:
             f"{len(records)} runs in {len({r.get('group_id') for r in records})} invocation(s)")
 
 
-def group_target(targets, name, records) -> float | None:
-    """The group's entry in ``targets`` (``main`` resolves them once); without ``targets``, its own preset's."""
-    return targets[name] if targets is not None else target_of(records)
-
-
-def markdown(groups, autoencoder, plots, note, llm=None, targets=None) -> str:
-    """The report's text; ``targets`` maps each preset group to its target (see :func:`group_target`)."""
+def markdown(groups, autoencoder, plots, note, llm=None, target=None) -> str:
+    """The report's text; each preset group is judged against ``target`` (``--target``) or its own preset's."""
     entry = load_stage("baseline").source.entry_seconds
     out = ["# Reproduction report", ""]
     if groups:
@@ -90,7 +85,7 @@ def markdown(groups, autoencoder, plots, note, llm=None, targets=None) -> str:
         real = not name.endswith("(synthetic)") and not name.startswith("smoke")
         out += [f"## ResNet ladder, preset {name}", "", describe(records)
                 + ("" if real else " **Synthetic/smoke: pipeline evidence only.**"), ""]
-        out += ladders.markdown_table(records, group_target(targets, name, records), llm) + [""]
+        out += ladders.markdown_table(records, target_of(records, target), llm) + [""]
     if autoencoder:
         from .autoencoder.table import markdown_sections
 
@@ -101,7 +96,8 @@ def markdown(groups, autoencoder, plots, note, llm=None, targets=None) -> str:
 
 def write_plots(records, out_dir: Path, target: float | None = None) -> tuple[list[Path], str]:
     """Time / first stage (measured beside the source) and accuracy against time, for every stage
-    of ``records``, ``target`` drawn as a line; [] with a note without matplotlib."""
+    of ``records``, ``target`` (default the records' own preset's) drawn as a line; [] with a note without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -113,7 +109,7 @@ def write_plots(records, out_dir: Path, target: float | None = None) -> tuple[li
         return [], "No ResNet records to plot."
     import io
 
-    target = target if target is not None else target_of(records)
+    target = target_of(records, target)
     rows = ladders.ladder_rows(records, target)
     preset = records[0].get("preset")
     first = statistics.fmean(rows[0].seconds)
@@ -223,13 +219,13 @@ def accuracy_vs_time(rows, preset, target):
     return fig, place_labels(fig, ax, points, labels)
 
 
-def print_summary(groups, autoencoder, out_dir, llm=None, targets=None):
+def print_summary(groups, autoencoder, out_dir, llm=None, target=None):
     from rich.console import Console
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     for name, records in groups.items():
         title = f"ResNet ladder, preset {name}"
-        console.print(ladders.rich_table(records, group_target(targets, name, records), title, llm))
+        console.print(ladders.rich_table(records, target_of(records, target), title, llm))
     console.print(f"{sum(map(len, groups.values()))} ResNet runs, {len(autoencoder)} autoencoder records; "
                   f"report written to {out_dir / 'report.md'}")
 
@@ -263,19 +259,18 @@ def main(argv=None):
     log_dir = Path(args.log_dir[0])
     out_dir = Path(args.out) if args.out else (log_dir.parent if log_dir.suffix == ".jsonl" else log_dir) / "report"
     groups = by_preset(resnet)
-    targets = {name: target_of(group, args.target) for name, group in groups.items()}
     # the first group: real data, largest preset
     first = next(iter(groups), None)
-    plots, note = write_plots(groups.get(first, []), out_dir, targets.get(first))
+    plots, note = write_plots(groups.get(first, []), out_dir, args.target)
     torn = " ".join(filter(None, (log.torn_note() for log in logs)))
     if torn:
         print(torn, file=sys.stderr)
     llm = stage_reports(records=records)  # what LLM assistants reported per stage, judged on every log given
-    text = markdown(groups, autoencoder, plots, note, llm, targets)
+    text = markdown(groups, autoencoder, plots, note, llm, args.target)
     if torn:
         text = text.replace("# Reproduction report\n", f"# Reproduction report\n\n{torn}\n", 1)
     atomic_write(out_dir / "report.md", text.encode())
-    print_summary(groups, autoencoder, out_dir, llm, targets)
+    print_summary(groups, autoencoder, out_dir, llm, args.target)
     return 0
 
 

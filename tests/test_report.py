@@ -140,17 +140,18 @@ def test_target_given_as_a_percentage_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "report.md").exists()
 
 
-def test_markdown_without_targets_reads_each_groups_own_preset_target():
-    """A caller that does not resolve targets (only ``main`` does) still gets the preset's target columns;
-    the fixture's records carry no target, so the cpu group's comes from the cpu preset (60%)."""
+def test_markdown_without_target_reads_each_groups_own_preset_target():
+    """Without ``--target`` every group is judged against its own preset's target; the fixture's records carry
+    none, so the cpu group's comes from the cpu preset file (60%). A target given overrides it."""
     from repro.report import by_preset, markdown, target_of
+    from repro.resnet.config import load_preset
     from repro.runlog import read_records
 
     resnet = [r for r in read_records(FIXTURE, "resnet") if r.get("status") == "ok"
               and isinstance(r.get("total_seconds"), (int, float))]
     groups = by_preset(resnet)
-    resolved = {name: target_of(group) for name, group in groups.items()}
-    assert resolved["cpu"] == 0.60
+    assert target_of(groups["cpu"]) == load_preset("cpu").target_accuracy == 0.60
     md = markdown(groups, [], [], "")
-    assert md == markdown(groups, [], [], "", targets=resolved)
-    assert "≥60" in md
+    assert "≥60" in md and "≥55" not in md
+    overridden = markdown(groups, [], [], "", target=0.55)
+    assert "≥55" in overridden and "≥60" not in overridden
