@@ -67,3 +67,18 @@ def test_scripts_bad_input_is_one_line(capsys, script, argv, message):
     assert load_script(script).main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the guard of a machine without CUDA")
+def test_gpu_check_refuses_a_machine_without_cuda_before_writing_anything(tmp_path):
+    # the check must never start CPU runs that would be mistaken for GPU records: one line, exit 2, no log dir
+    import subprocess
+    import sys
+    log_dir = tmp_path / "gpu-check"
+    for args in (["--quick"], []):
+        proc = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh"), *args, "synthetic", str(log_dir)],
+                              env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable}, capture_output=True, text=True)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            f"error: {sys.executable} cannot import torch or sees no CUDA device (torch.cuda.is_available() is False)"]
+        assert not log_dir.exists()
