@@ -43,17 +43,17 @@ step() {
     echo "== $title"
     timeout "$limit" "$@" || { echo "!! $title: exit status $?"; failed=1; }
 }
-resnet() { "$PY" -m repro.resnet --preset full --device cuda --data "$DATA" --log-dir "$LOG_DIR" "$@"; }
+RESNET=("$PY" -m repro.resnet --preset full --device cuda --data "$DATA" --log-dir "$LOG_DIR")
 
 step $(( QUICK ? 120 : 900 )) "pytest -m gpu" bash -o pipefail -c "\"$PY\" -m pytest -m gpu -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tee \"$LOG_DIR/pytest-gpu.txt\""
 if [ "$QUICK" = 1 ]; then
-    step 130 "airbench94, 3 runs" resnet --stage airbench94 --runs 3
-    step 90 "tta, 2 runs" resnet --stage tta --runs 2
-    step 150 "final, once" resnet --stage final
-    step 60 "airbench94_muon, 2 runs" resnet --stage airbench94_muon --runs 2
+    step 130 "airbench94, 3 runs" "${RESNET[@]}" --stage airbench94 --runs 3
+    step 90 "tta, 2 runs" "${RESNET[@]}" --stage tta --runs 2
+    step 150 "final, once" "${RESNET[@]}" --stage final
+    step 60 "airbench94_muon, 2 runs" "${RESNET[@]}" --stage airbench94_muon --runs 2
 else
-    step 7200 "the post-1 ladder" resnet --stage all
-    step 7200 "airbench94 and the later records, 3 runs each" resnet --ladder records --runs 3
+    step 7200 "the post-1 ladder" "${RESNET[@]}" --stage all
+    step 7200 "airbench94 and the later records, 3 runs each" "${RESNET[@]}" --ladder records --runs 3
 fi
 
 echo "== comparison with the sources"

@@ -82,3 +82,33 @@ def test_gpu_check_refuses_a_machine_without_cuda_before_writing_anything(tmp_pa
         assert proc.stderr.strip().splitlines() == [
             f"error: {sys.executable} cannot import torch or sees no CUDA device (torch.cuda.is_available() is False)"]
         assert not log_dir.exists()
+
+
+def test_gpu_check_quick_runs_every_step_and_reports_a_failed_one(tmp_path):
+    # a stand-in interpreter that claims CUDA and records what it is asked to run: the control flow of the
+    # check without a GPU. One failing step must not stop the rest, and the check's exit status says it failed.
+    import subprocess
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$1" in
+  -c) exit 0;;
+  -) cat >/dev/null; echo "torch fake";;
+  -m) echo "$*" >> {calls}; [[ "$*" == *"--stage tta"* ]] && exit 3; exit 0;;
+esac
+""")
+    fake.chmod(0o755)
+    log_dir = tmp_path / "logs"
+    proc = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh"), "--quick", "DATA", str(log_dir)],
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake)}, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "!! tta, 2 runs: exit status 3" in proc.stdout
+    common = f"-m repro.resnet --preset full --device cuda --data DATA --log-dir {log_dir}"
+    assert calls.read_text().splitlines() == [
+        "-m pytest -m gpu -rs -p no:cacheprovider tests/test_gpu.py",
+        f"{common} --stage airbench94 --runs 3",
+        f"{common} --stage tta --runs 2",
+        f"{common} --stage final",
+        f"{common} --stage airbench94_muon --runs 2",
+        f"-m repro.report --log-dir {log_dir}",
+    ]
