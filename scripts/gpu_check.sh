@@ -45,7 +45,7 @@ step() {
 }
 RESNET=("$PY" -m repro.resnet --preset full --device cuda --data "$DATA" --log-dir "$LOG_DIR")
 
-step $(( QUICK ? 120 : 900 )) "pytest -m gpu" bash -o pipefail -c "\"$PY\" -m pytest -m gpu -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tee \"$LOG_DIR/pytest-gpu.txt\""
+step $(( QUICK ? 120 : 900 )) "pytest -m gpu" "$PY" -m pytest -m gpu -rs -p no:cacheprovider --junitxml "$LOG_DIR/pytest-gpu.xml"
 if [ "$QUICK" = 1 ]; then
     step 130 "airbench94, 3 runs" "${RESNET[@]}" --stage airbench94 --runs 3
     step 90 "tta, 2 runs" "${RESNET[@]}" --stage tta --runs 2

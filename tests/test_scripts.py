@@ -105,7 +105,7 @@ esac
     assert "!! tta, 2 runs: exit status 3" in proc.stdout
     common = f"-m repro.resnet --preset full --device cuda --data DATA --log-dir {log_dir}"
     assert calls.read_text().splitlines() == [
-        "-m pytest -m gpu -rs -p no:cacheprovider tests/test_gpu.py",
+        f"-m pytest -m gpu -rs -p no:cacheprovider --junitxml {log_dir}/pytest-gpu.xml",
         f"{common} --stage airbench94 --runs 3",
         f"{common} --stage tta --runs 2",
         f"{common} --stage final",
