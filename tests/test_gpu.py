@@ -63,7 +63,7 @@ def test_deferred_and_sync_timing_give_the_same_run_on_cuda():
     # same seed, same data: only cuDNN's algorithm choice (benchmark mode) may differ between the runs
     assert abs(deferred.test_accuracy - sync.test_accuracy) <= 0.02
     for a, b in zip(deferred.epochs, sync.epochs):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2)
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-2)
 
 
 def test_pinned_non_blocking_copies_arrive_intact():
