@@ -120,13 +120,13 @@ def write_plots(records, out_dir: Path, target: float | None = None) -> tuple[li
     errors = [statistics.stdev(r.seconds) / first if r.runs > 1 else 0 for r in rows]
     ax.barh([v - 0.2 for v in y], [r.ratio for r in rows], 0.4, xerr=errors, capsize=2,
             label=f"measured, preset {preset} (± std over runs)", color="#1f77b4")
-    ax.set_yticks(y, [r.stage for r in rows])
+    ax.set_yticks(y, [r.label for r in rows])
     ratios = [v for r in rows for v in (r.ratio, r.source_ratio) if v]
     wide = max(ratios) / min(ratios) > 5  # the whole ladder spans 100x: only a log axis shows every bar
     if wide:
         ax.set_xscale("log")
     ax.set_xlabel("time / first stage's time" + (" (log scale)" if wide else ""))
-    ax.set_title(f"Ladder: time relative to {rows[0].stage}, each on its source's clock")
+    ax.set_title(f"Ladder: time relative to {rows[0].label}, each on its source's clock")
     # outside the axes, under the x label, so it hides no bar
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45 / (1 + 0.2 * len(rows)) - 0.1), ncol=2, fontsize=8,
               frameon=False)
@@ -212,7 +212,7 @@ def accuracy_vs_time(rows, preset, target):
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Accuracy against time, preset {preset} (error bars: std over runs)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)  # outside: hides no point
-    key = "\n".join(f"{i:>2} {r.stage} (n={r.runs})" for i, r in enumerate(rows, 1))
+    key = "\n".join(f"{i:>2} {r.label} (n={r.runs})" for i, r in enumerate(rows, 1))
     fig.text(0.91, 0.5, key, va="center", fontsize=8, family="monospace")
     fig.subplots_adjust(right=0.88, bottom=0.2)
     fig.canvas.draw()  # the layout the labels are placed in

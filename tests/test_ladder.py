@@ -74,6 +74,25 @@ def test_another_target_reads_time_to_target_from_the_epochs_test_passes():
     assert own.target_seconds == [] and lower.target_seconds == [32.0] and missed.target_seconds == []
 
 
+def test_compiled_runs_get_a_row_of_their_own_after_the_eager_one():
+    """A --compile run's clock counts its compilation: averaged with eager runs it would describe
+    neither, so it is its own row, compared (Welch) with the eager runs of its stage above it; the
+    next stage is still compared with the eager runs."""
+    records = [_record("airbench94", t, 0.905, compiled=True) for t in (30.0, 3.0, 3.2)]
+    records += [_record("airbench94", t, 0.905) for t in (4.0, 4.2)] + [_record("final", 200.0, 0.91)]
+    rows = ladder_rows(records, target=0.9)
+    assert [r.label for r in rows] == ["final", "airbench94", "airbench94 (compiled)"]
+    assert [r.stage for r in rows] == ["final", "airbench94", "airbench94"]  # the stage's source and claims still apply
+    eager, compiled = rows[1:]
+    assert eager.seconds == [4.0, 4.2] and compiled.seconds == [30.0, 3.0, 3.2]
+    assert compiled.source_seconds == eager.source_seconds == 3.83
+    assert compiled.p_time == pytest.approx(stats.ttest_ind([4.0, 4.2], [30.0, 3.0, 3.2], equal_var=False).pvalue)
+    records += [_record("airbench94_muon", t, 0.906) for t in (2.3, 2.4)]
+    muon = ladder_rows(records, target=0.9)[-1]
+    assert muon.p_time == pytest.approx(stats.ttest_ind([4.0, 4.2], [2.3, 2.4], equal_var=False).pvalue)  # eager above
+    assert "| airbench94 (compiled) | 3 |" in "\n".join(markdown_table(records, 0.9))
+
+
 def test_each_stage_is_timed_on_its_sources_clock():
     clocks = {"blog": 100.0, "dawnbench": 60.0, "airbench": 70.0}
     rec = _record("tta", 120.0, 0.9, seconds_by_timing=clocks)

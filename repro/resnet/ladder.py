@@ -104,6 +104,7 @@ def one_sample_p(values: list[float], target: float) -> float | None:
 @dataclass
 class StageRow:
     stage: str
+    label: str  # the row's name: the stage, with " (compiled)" for torch.compile runs
     description: str
     timing: str
     seconds: list[float]
@@ -151,25 +152,38 @@ def _stage_config(name: str) -> StageConfig | None:
         return None
 
 
+def row_label(record: dict) -> str:
+    """A record's row in a ladder: its stage, kept apart when trained through torch.compile (its
+    clock counts the compilation, so averaging it with eager runs would describe neither)."""
+    return record["stage"] + (" (compiled)" if record.get("compiled") else "")
+
+
 def group_by_stage(records: list[dict]) -> dict[str, list[dict]]:
-    """ok records per stage, stages in ladder order (unknown stages last, in log order)."""
+    """ok records per row label (``row_label``), stages in ladder order, each stage's eager runs
+    before its compiled ones (unknown stages last, in log order)."""
     order = {s: i for i, s in enumerate(available_stages())}
     groups: dict[str, list[dict]] = {}
     for rec in records:
         if rec.get("status", "ok") == "ok" and rec.get("total_seconds") is not None:
-            groups.setdefault(rec["stage"], []).append(rec)
-    return dict(sorted(groups.items(), key=lambda kv: order.get(kv[0], len(order))))
+            groups.setdefault(row_label(rec), []).append(rec)
+
+    def rank(item):
+        first = item[1][0]
+        return order.get(first["stage"], len(order)), bool(first.get("compiled"))
+
+    return dict(sorted(groups.items(), key=rank))
 
 
 def ladder_rows(records: list[dict], target: float | None = None) -> list[StageRow]:
     rows: list[StageRow] = []
-    for stage, recs in group_by_stage(records).items():
+    for label, recs in group_by_stage(records).items():
+        stage = recs[0]["stage"]
         config = _stage_config(stage)
         source = config.source if config else None
         timing = source.timing if source else "blog"
         accs = [r["test_accuracy"] for r in recs if r.get("test_accuracy") is not None]
         row = StageRow(
-            stage=stage, description=config.description if config else "", timing=timing,
+            stage=stage, label=label, description=config.description if config else "", timing=timing,
             seconds=[measured_seconds(r, timing) for r in recs], accuracy=accs,
             total_seconds=[r["total_seconds"] for r in recs],
             source_seconds=source.seconds if source else recs[0].get("blog_seconds"),
@@ -186,7 +200,11 @@ def ladder_rows(records: list[dict], target: float | None = None) -> list[StageR
             row.p_target = one_sample_p(accs, target)
         rows.append(row)
     first = rows[0] if rows else None
-    for prev, row in zip([None] + rows, rows):
+    for i, row in enumerate(rows):
+        # the stage above: a compiled row is compared with its own stage's eager runs, every other row
+        # with the nearest eager row above it (a compiled variant is no rung of the ladder)
+        above = [r for r in rows[:i] if r.stage == row.stage or r.label == r.stage]
+        prev = above[-1] if above else None
         if first and first.seconds:
             row.ratio = statistics.fmean(row.seconds) / statistics.fmean(first.seconds)
         if first and first.source_seconds and row.source_seconds:
@@ -215,7 +233,7 @@ def fmt_p(p: float | None) -> str:
 def table_cells(row: StageRow, target: float | None, llm: dict[str, list[str]] | None = None) -> dict[str, str]:
     """One row as text cells, shared by the terminal table and the markdown report. ``llm``: per
     stage, what LLM assistants reported for it with the audit's verdict (``repro.claims.stage_reports``)."""
-    cells = {"stage": row.stage, "runs": str(row.runs)}
+    cells = {"stage": row.label, "runs": str(row.runs)}
     if target is not None:  # the headline: when each stage first reached the target, beside the source's ratio
         cells["to target s"] = ("-" if not row.target_recorded else fmt_mean_std(row.target_seconds)
                                 if row.reached_all else f"never ({len(row.target_seconds)}/{row.runs})")

@@ -284,7 +284,7 @@ def finish_command(records: list[dict], errors: list[str], options: RunOptions, 
         console.print(rich_table(ok, target, ladder_title(ok), llm))
         for row in ladder_rows(ok, target) if target is not None else []:
             if row.target_recorded and not row.reached_all:
-                console.print(f"[yellow]warning[/yellow]: {row.stage} reached the preset's target {100 * target:g}% "
+                console.print(f"[yellow]warning[/yellow]: {row.label} reached the preset's target {100 * target:g}% "
                               f"in {len(row.target_seconds)} of {row.runs} run(s) (best "
                               f"{100 * max(row.accuracy, default=0):.1f}%): its time to target is not comparable", highlight=False)
     if data.synthetic:
