@@ -104,7 +104,7 @@ def one_sample_p(values: list[float], target: float) -> float | None:
 @dataclass
 class StageRow:
     stage: str
-    label: str  # the row's name: the stage, with " (compiled)" for torch.compile runs
+    compiled: bool  # runs trained through torch.compile (--compile): a row of their own
     description: str
     timing: str
     seconds: list[float]
@@ -126,6 +126,11 @@ class StageRow:
     flops: float | None = None
     epoch_seconds: list[float] = field(default_factory=list)  # per run: mean wall seconds of an epoch (suite clock)
     utilisation: list[float] = field(default_factory=list)  # per run: training FLOP/s / the machine's matmul rate
+
+    @property
+    def label(self) -> str:
+        """The row's name: the stage, with " (compiled)" for torch.compile runs."""
+        return self.stage + (" (compiled)" if self.compiled else "")
 
     @property
     def runs(self) -> int:
@@ -152,38 +157,27 @@ def _stage_config(name: str) -> StageConfig | None:
         return None
 
 
-def row_label(record: dict) -> str:
-    """A record's row in a ladder: its stage, kept apart when trained through torch.compile (its
-    clock counts the compilation, so averaging it with eager runs would describe neither)."""
-    return record["stage"] + (" (compiled)" if record.get("compiled") else "")
-
-
-def group_by_stage(records: list[dict]) -> dict[str, list[dict]]:
-    """ok records per row label (``row_label``), stages in ladder order, each stage's eager runs
-    before its compiled ones (unknown stages last, in log order)."""
+def group_by_stage(records: list[dict]) -> dict[tuple[str, bool], list[dict]]:
+    """ok records per (stage, trained through torch.compile), stages in ladder order, each stage's
+    eager runs before its compiled ones (unknown stages last, in log order). Compiled runs are kept
+    apart: their clock counts the compilation, so averaging them with eager runs would describe neither."""
     order = {s: i for i, s in enumerate(available_stages())}
-    groups: dict[str, list[dict]] = {}
+    groups: dict[tuple[str, bool], list[dict]] = {}
     for rec in records:
         if rec.get("status", "ok") == "ok" and rec.get("total_seconds") is not None:
-            groups.setdefault(row_label(rec), []).append(rec)
-
-    def rank(item):
-        first = item[1][0]
-        return order.get(first["stage"], len(order)), bool(first.get("compiled"))
-
-    return dict(sorted(groups.items(), key=rank))
+            groups.setdefault((rec["stage"], bool(rec.get("compiled"))), []).append(rec)
+    return dict(sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][1])))
 
 
 def ladder_rows(records: list[dict], target: float | None = None) -> list[StageRow]:
     rows: list[StageRow] = []
-    for label, recs in group_by_stage(records).items():
-        stage = recs[0]["stage"]
+    for (stage, compiled), recs in group_by_stage(records).items():
         config = _stage_config(stage)
         source = config.source if config else None
         timing = source.timing if source else "blog"
         accs = [r["test_accuracy"] for r in recs if r.get("test_accuracy") is not None]
         row = StageRow(
-            stage=stage, label=label, description=config.description if config else "", timing=timing,
+            stage=stage, compiled=compiled, description=config.description if config else "", timing=timing,
             seconds=[measured_seconds(r, timing) for r in recs], accuracy=accs,
             total_seconds=[r["total_seconds"] for r in recs],
             source_seconds=source.seconds if source else recs[0].get("blog_seconds"),
@@ -199,12 +193,8 @@ def ladder_rows(records: list[dict], target: float | None = None) -> list[StageR
             row.reached = sum(a >= target for a in accs)
             row.p_target = one_sample_p(accs, target)
         rows.append(row)
-    first = rows[0] if rows else None
-    for i, row in enumerate(rows):
-        # the stage above: a compiled row is compared with its own stage's eager runs, every other row
-        # with the nearest eager row above it (a compiled variant is no rung of the ladder)
-        above = [r for r in rows[:i] if r.stage == row.stage or r.label == r.stage]
-        prev = above[-1] if above else None
+    first, prev = (rows[0] if rows else None), None
+    for row in rows:
         if first and first.seconds:
             row.ratio = statistics.fmean(row.seconds) / statistics.fmean(first.seconds)
         if first and first.source_seconds and row.source_seconds:
@@ -214,6 +204,10 @@ def ladder_rows(records: list[dict], target: float | None = None) -> list[StageR
         if prev is not None:
             row.p_time = welch_p(prev.seconds, row.seconds)
             row.p_accuracy = welch_p(prev.accuracy, row.accuracy)
+        # every row is compared with the nearest eager row above it (for a compiled row: its own
+        # stage's eager runs, just above it); a compiled variant is no rung of the ladder
+        if not row.compiled:
+            prev = row
     return rows
 
 
