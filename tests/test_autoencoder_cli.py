@@ -100,6 +100,17 @@ def test_interrupt_writes_an_interrupted_record(tmp_path, capsys, monkeypatch, s
     assert record["status"] == "interrupted" and len(record["checks"]) == 1 and record["error"] == message
 
 
+def test_a_failed_check_writes_a_failed_record(tmp_path, capsys, monkeypatch):
+    def failing_run(X, settings, progress, partial, bars):
+        partial.checks.append(checks.Check("A: something", 1.0, 0.0, "<= 1e-6", "FAIL", "test"))
+
+    monkeypatch.setattr(checks, "run", failing_run)
+    assert run(tmp_path) == 1
+    assert "1 CHECK(S) FAIL" in capsys.readouterr().out
+    (record,) = read_records(tmp_path, "autoencoder")
+    assert record["status"] == "failed" and [c["verdict"] for c in record["checks"]] == ["FAIL"]
+
+
 def test_bad_log_dir_fails_before_training(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(checks, "run", lambda *a, **k: pytest.fail("trained despite an unusable log dir"))
     not_a_dir = tmp_path / "file"

@@ -257,7 +257,7 @@ def _run(args, data, s, lams, say) -> int:
         plot_note = save_plot(Path(args.plot), report, s, k)
     say(plot_note)
     failed = [c for c in report.checks if c.verdict == "FAIL"]
-    status = "ok" if not failed else "fail"
+    status = "ok" if not failed else "failed"
     record = new_record(
         "autoencoder", status=status, **record_fields, lr=report.lr, seconds=seconds, optimizer=args.optimizer,
         steps={fmt_value(p.lam): p.steps for p in report.sweep},
