@@ -1,22 +1,24 @@
-"""Steps and seconds to reach the closed form, per lam/s_k, for the old plain loop and the new
-default, side by side in one run (the machine may be shared: read the ratios, not the seconds).
+"""Steps and seconds to reach the closed form, per lam/s_k, for `--optimizer gd` (plain GD over the
+rows) and the default (momentum), side by side in one run (the machine may be shared: read the
+ratios, not the seconds).
 
     python scripts/bench_autoencoder.py                         # default synthetic problem
     python scripts/bench_autoencoder.py --data digits --k 5
     python scripts/bench_autoencoder.py --m 100 --n 3000 --k 10 --spectrum geometric
 
 Variants, each from PyTorch's default init, full batch, float64, one torch thread:
-  old plain loop  nn.MSELoss over the n rows, SGD without momentum at 0.9 of the GD stability
+  gd, rows        nn.MSELoss over the n rows, SGD without momentum at 0.9 of the GD stability
                   bound (what `python -m repro.autoencoder --optimizer gd` runs);
   C, no momentum  the same SGD, the objective written through C = XX^T/n (identical iterates,
                   cheaper steps): separates the per-step saving from the step-count saving;
-  new default     C plus heavy-ball momentum tuned to the curvature, adaptive restart.
+  momentum        C plus heavy-ball momentum tuned to the curvature, adaptive restart (the
+                  default, `--optimizer momentum`).
 "Reached" = every claim-B check of `python -m repro.autoencoder` passes against the closed form
 (sigma(W2) to 0.1% of lam/s_k, ||W2^T W2 - I||_2 to 1%, angles <= 1e-8, ||W1 - W2^T|| to 0.1%,
 L - L*), tested every --every steps; the time spent in that test is not counted. A variant that
-has not reached it after --max-seconds is reported as "> steps"; where the old loop stopped short
-but "C, no momentum" (the same iterates) got there, the old loop's row shows those steps at the
-old loop's measured cost per step, marked "≈".
+has not reached it after --max-seconds is reported as "> steps"; where "gd, rows" stopped short
+but "C, no momentum" (the same iterates) got there, the "gd, rows" cells show those steps at
+"gd, rows"'s measured cost per step, marked "≈".
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from repro.autoencoder import checks, theory
 from repro.autoencoder.data import load, named_spectrum
 from repro.autoencoder.train import TrainConfig, build_model, train
 
-VARIANTS = ("old plain loop", "C, no momentum", "new default")
+VARIANTS = ("gd, rows", "C, no momentum", "momentum")
 
 
 class ReachedClosedForm:
@@ -61,9 +63,9 @@ class ReachedClosedForm:
 
 def variant_config(name: str, plan: checks.SweepPlan, lr_gd: float, every: int) -> TrainConfig:
     base = dict(k=plan.config.k, lam=plan.lam, steps=10**9, check_every=every)
-    if name == "new default":
+    if name == "momentum":
         return TrainConfig(**{**plan.config.__dict__, "steps": 10**9, "grad_tol": None, "check_every": every})
-    return TrainConfig(lr=lr_gd, objective="rows" if name == "old plain loop" else "covariance", **base)
+    return TrainConfig(lr=lr_gd, objective="rows" if name == "gd, rows" else "covariance", **base)
 
 
 def main(argv=None) -> int:
@@ -102,8 +104,8 @@ def main(argv=None) -> int:
     for name in VARIANTS:
         table.add_column(f"{name}\nsteps", justify="right")
         table.add_column("s", justify="right")
-    table.add_column("old / new\nsteps", justify="right")
-    table.add_column("old / new\nseconds", justify="right")
+    table.add_column("gd / momentum\nsteps", justify="right")
+    table.add_column("gd / momentum\nseconds", justify="right")
     for ratio, lam in zip(ratios, lams):
         plan = checks.plan_sweep_point(X, s, k, lam, checks.Settings(k=k), B, lr_gd, D0)
         row, measured = [f"{ratio:g}"], {}
@@ -116,18 +118,18 @@ def main(argv=None) -> int:
             row += [f"{result.steps}" if reached else f"> {result.steps}", f"{seconds:.2f}" if reached else f"> {seconds:.1f}"]
             console.print(f"  lam/s_k={ratio:g} {name}: {result.steps} steps, {seconds:.2f} s"
                           + ("" if reached else " (not reached)"))
-        old, same, new = measured["old plain loop"], measured["C, no momentum"], measured["new default"]
-        if old[2]:
-            row += [f"{old[0] / new[0]:.1f}x", f"{old[1] / new[1]:.1f}x"]
-        elif same[2]:  # identical iterates: the old loop needs C-no-momentum's steps, at its own cost per step
-            steps, seconds = same[0], same[0] * old[1] / old[0]
+        gd, same, fast = measured["gd, rows"], measured["C, no momentum"], measured["momentum"]
+        if gd[2]:
+            row += [f"{gd[0] / fast[0]:.1f}x", f"{gd[1] / fast[1]:.1f}x"]
+        elif same[2]:  # identical iterates: "gd, rows" needs C-no-momentum's steps, at its own cost per step
+            steps, seconds = same[0], same[0] * gd[1] / gd[0]
             row[1:3] = [f"≈ {steps}", f"≈ {seconds:.0f}"]
-            row += [f"≈ {steps / new[0]:.1f}x", f"≈ {seconds / new[1]:.0f}x"]
-        else:  # neither got there: the old loop needs more than the larger of the two step counts
-            steps = max(old[0], same[0])
-            seconds = steps * old[1] / old[0]
+            row += [f"≈ {steps / fast[0]:.1f}x", f"≈ {seconds / fast[1]:.0f}x"]
+        else:  # neither got there: "gd, rows" needs more than the larger of the two step counts
+            steps = max(gd[0], same[0])
+            seconds = steps * gd[1] / gd[0]
             row[1:3] = [f"> {steps}", f"> {seconds:.0f}"]
-            row += [f"> {steps / new[0]:.1f}x", f"> {seconds / new[1]:.0f}x"]
+            row += [f"> {steps / fast[0]:.1f}x", f"> {seconds / fast[1]:.0f}x"]
         table.add_row(*row)
     console.print(table)
     return 0

@@ -47,7 +47,7 @@ def parse_args(argv):
                    help="default sweep as lam/s_k (default 1e-3,0.01,0.1)")
     p.add_argument("--optimizer", choices=experiment.OPTIMIZERS, default="momentum",
                    help="the sweep's optimiser: momentum (default: SGD heavy ball tuned to the curvature, adaptive "
-                        "restart, full batch through C = XX^T/n, stop on convergence) or gd (the old plain loop: "
+                        "restart, full batch through C = XX^T/n, stop on convergence) or gd (plain GD: "
                         "no momentum, nn.MSELoss over the rows, a fixed step count)")
     p.add_argument("--lr", type=float, default=None,
                    help="torch SGD lr of the sweep (default: from the curvature; momentum follows from it)")

@@ -21,8 +21,8 @@ from .train import TrainConfig, TrainResult, build_model, seconds_per_step, trai
 SMALL_INIT = 1e-3  # Bao et al. use N(0, 1e-4^2); anything this small makes D(0) ~ 0
 DEFAULT_RATIOS = (1e-3, 1e-2, 1e-1)  # lam / s_k
 # The sweep's optimiser: "momentum" = SGD heavy ball tuned to the curvature, adaptive restart, stop
-# on convergence, full batch through C; "gd" = the old plain loop (no momentum, a fixed step count
-# from the balance mode's decay rate, nn.MSELoss over the rows).
+# on convergence, full batch through C; "gd" = plain GD (no momentum, a fixed step count from the
+# balance mode's decay rate, nn.MSELoss over the rows).
 OPTIMIZERS = ("momentum", "gd")
 LR_FRACTION = 0.5  # momentum: lr = LR_FRACTION / (curvature bound); 1.0 diverged on power-law spectra
 SWEEP_MAX_STEPS = 100_000  # default caps (steps) per run; the sweep stops on convergence far earlier
@@ -202,8 +202,8 @@ class SweepPlan:
 
 
 def plan_sweep_point(X, s, k, lam, settings: Settings, B: float, lr_gd: float, D0: float) -> SweepPlan:
-    """The training run for one lam > 0: momentum (default) or the old plain loop ("gd", and any
-    lam that kills a direction, where the curvature model above does not apply)."""
+    """The training run for one lam > 0: momentum (default) or plain GD ("gd", and any lam that
+    kills a direction, where the curvature model above does not apply)."""
     m = X.shape[0]
     wd = theory.weight_decay_for(lam, m)
     cap = settings.max_steps or SWEEP_MAX_STEPS
