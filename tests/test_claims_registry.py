@@ -9,7 +9,8 @@ import repro.claims
 from repro.claims import select
 from repro.claims.__main__ import main
 from repro.claims.checkers.common import YES, Finding
-from repro.claims.registry import CHECKER_MODULES, CLAIMS, Claim, catalogue_ids, checker_module
+from repro.claims.checkers import blog, estimators, mt, mup, mup_sweep, pca, remat, resnet
+from repro.claims.registry import CLAIMS, Claim
 
 CATALOGUE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "llm-claims.md"
 # The catalogue's claim-table ids, kept here so the test works without ../shared.
@@ -21,6 +22,23 @@ CATALOGUE_IDS = {
     "pca-false-id", "ae-layers", "ae-loss", "ae-comp", "ae-ortho", "mt-train", "mt-eval", "rn-hallu", "rn-3x",
     "rn-learn1", "rn-retry-a", "rn-retry-c", "rn-retry-b",
 }
+# Which module holds a claim's checker, by id prefix (the longest matching prefix wins): the table in
+# repro/claims/registry.py's docstring.
+CHECKER_MODULES = {
+    "q1": mup, "q3a": mup_sweep, "q3b": mup, "q3c": mup, "q4": estimators, "q5": remat,
+    "pca": pca, "ae": pca, "mt": mt,
+    "rn-3x": blog, "rn-learn1": blog, "rn-blog": blog, "rn": resnet,
+}
+
+
+def checker_module(claim_id: str):
+    """The module that holds the checker of ``claim_id`` (longest matching prefix)."""
+    prefix = max((p for p in CHECKER_MODULES if claim_id.startswith(p)), key=len)
+    return CHECKER_MODULES[prefix]
+
+
+def catalogue_ids() -> set[str]:
+    return {c.catalogue_id for c in CLAIMS}
 
 
 def test_registry_covers_hardcoded_catalogue():

@@ -4,13 +4,14 @@ from pathlib import Path
 
 from repro.claims import check
 from repro.claims.checkers import blog, common, precision, resnet
-from repro.claims.registry import by_id
+from repro.claims.registry import CLAIMS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "runs_small.jsonl"
+BY_ID = {c.id: c for c in CLAIMS}
 
 
 def run(claim_id, log_dir=FIXTURE, **ctx):
-    return check(by_id()[claim_id], common.Context(quick=True, log_dir=str(log_dir), **ctx)).finding
+    return check(BY_ID[claim_id], common.Context(quick=True, log_dir=str(log_dir), **ctx)).finding
 
 
 def test_best_ladder_prefers_real_latest_complete():
@@ -78,7 +79,7 @@ def test_learn1_searches_the_text(tmp_path):
 def test_blog_claim_quotes_are_in_the_post():
     text = "\n".join(blog.POST1_QUOTES)
     for claim_id in ("rn-blog-flops", "rn-blog-total", "rn-blog-40s", "rn-blog-per-epoch", "rn-blog-297"):
-        for part in by_id()[claim_id].quote.replace(";", "…").split("…"):
+        for part in BY_ID[claim_id].quote.replace(";", "…").split("…"):
             assert part.strip(" .") in text, (claim_id, part)
 
 

@@ -4,8 +4,8 @@ the blog post's own arithmetic (``rn-blog-*``, the post's claims rather than an 
 Keys are the catalogue's ids; where one row covers several assistants with different answers,
 each answer is its own entry ``<catalogue id>/<assistant>`` so every answer gets a verdict.
 ``checker`` is the checking function itself, so an editor goes from an entry to its code.
-Which module holds the checker follows from the id (``CHECKER_MODULES``, the longest prefix
-wins; a test holds every entry to it):
+Which module holds the checker follows from the id (the longest prefix wins;
+tests/test_claims_registry.py holds every entry to this table):
 
     q1*, q3b*, q3c*   checkers/mup.py          dense-layer RMS norms, μP scalings (Monte Carlo)
     q3a*              checkers/mup_sweep.py    TP5 Fig. 1 by a small SP-vs-μP LR sweep
@@ -21,7 +21,6 @@ wins; a test holds every entry to it):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any, Callable, Mapping
 
 from .checkers import blog, estimators, mt, mup, mup_sweep, pca, remat, resnet
@@ -240,24 +239,3 @@ CLAIMS: tuple[Claim, ...] = (
        "final training time for today of 297s", "323 − 15 − 7 − 4 = 297", blog.savings_add_up,
        start="simplified", savings=(("preprocessed", 15), ("bulk_rng", 7), ("final", 4))),
 )
-
-
-CHECKER_MODULES: dict[str, ModuleType] = {
-    "q1": mup, "q3a": mup_sweep, "q3b": mup, "q3c": mup, "q4": estimators, "q5": remat,
-    "pca": pca, "ae": pca, "mt": mt,
-    "rn-3x": blog, "rn-learn1": blog, "rn-blog": blog, "rn": resnet,
-}
-
-
-def checker_module(claim_id: str) -> ModuleType:
-    """The module that holds the checker of ``claim_id`` (longest matching prefix)."""
-    prefix = max((p for p in CHECKER_MODULES if claim_id.startswith(p)), key=len)
-    return CHECKER_MODULES[prefix]
-
-
-def by_id() -> dict[str, Claim]:
-    return {c.id: c for c in CLAIMS}
-
-
-def catalogue_ids() -> set[str]:
-    return {c.catalogue_id for c in CLAIMS}
