@@ -12,7 +12,7 @@ import torch
 
 from .errors import UserError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 
 
 def cpu_supports_bf16() -> bool:
@@ -71,7 +71,10 @@ def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
     scaling, so no host read per step); fp16 + GradScaler on a GPU without it; else fp32.
 
     fp16 on a CPU is allowed when asked for (autocast and GradScaler both run there, which is
-    how the tests exercise the scaler path) but never chosen: CPUs compute fp16 slowly."""
+    how the tests exercise the scaler path) but never chosen: CPUs compute fp16 slowly. fp64
+    (weights and activations in float64, no autocast) is never chosen either: it is the
+    reference arithmetic whose per-step losses every CPU kind reproduces to ~1e-12, for checking
+    that a change keeps a run's numbers."""
     if requested not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")
     if requested == "auto":
@@ -100,7 +103,9 @@ class Precision:
     name: str
 
     def __post_init__(self):
-        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+        self.dtype = {"fp32": None, "fp64": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+        # the dtype of the weights and of every batch fed to the net
+        self.weights_dtype = torch.float64 if self.name == "fp64" else torch.float32
         # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range
         self.scaler = torch.amp.GradScaler(self.device.type) if self.name == "fp16" else None
 
@@ -181,7 +186,7 @@ def measure_matmul_flops(device: torch.device, precision: str, *, size: int | No
     """FLOP/s of square ``size`` x ``size`` matrix products in ``precision``'s dtype on ``device``:
     the best of ``blocks`` timed blocks of back-to-back products (after a warm-up), each block
     running for at least ``block_seconds``."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     size = size or (8192 if device.type == "cuda" else 2048)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     gen = torch.Generator(device=device).manual_seed(0)

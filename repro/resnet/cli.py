@@ -49,7 +49,7 @@ def add_common_arguments(p: argparse.ArgumentParser, *, data_default: str | None
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto = bf16 on a GPU or CPU with native bf16; fp16 + GradScaler on a GPU without it; "
-                        "else fp32")
+                        "else fp32; fp64 (never auto) is the reference arithmetic every CPU kind reproduces")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default: the preset's choice)")
     p.add_argument("--threads", type=int, default=None,

@@ -143,7 +143,7 @@ def cast_batch_norm(net: nn.Module, precision: Precision, bn_fp32: bool) -> str:
 
     Returns what BN runs in, for the record."""
     if precision.dtype is None:
-        return "fp32 (fp32 run)"
+        return f"{precision.name} ({precision.name} run)"
     if bn_fp32:
         return "fp32 (autocast already keeps BN parameters in fp32 here)"
     for m in net.modules():
@@ -160,7 +160,7 @@ def warm_up_and_count_flops(net: nn.Module, opt: OptimizerSection, batch_size: i
     from torch.utils.flop_counter import FlopCounterMode
 
     spare = copy.deepcopy(net).train()
-    x = torch.randn(batch_size, 3, 32, 32, device=device)
+    x = torch.randn(batch_size, 3, 32, 32, device=device, dtype=precision.weights_dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -191,7 +191,7 @@ class EpochStats:
 
     def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """``loss``: this step's mean loss per example (a 0-d tensor); ``step``: the run's step index."""
-        loss = loss.detach().float()
+        loss = loss.detach().to(torch.promote_types(loss.dtype, torch.float32))
         if self.first_step is None:
             self.first_step = step
         self.loss_sums.append(loss.double() * len(labels))  # exact: loss_sum / size gives back the fp32 loss
@@ -219,14 +219,14 @@ class EpochStats:
         return losses, totals, int(values[-1]), None if bad is None else self.first_step + bad
 
 
-def _to_device(x, y, device, channels_last):
-    x = x.to(device, non_blocking=True)
+def _to_device(x, y, device, channels_last, dtype=torch.float32):
+    x = x.to(device, dtype, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y.to(device, non_blocking=True)
 
 
-def _timed(batches, timer: PhaseTimer, device, channels_last):
+def _timed(batches, timer: PhaseTimer, device, channels_last, dtype):
     """Yield device batches; the wait for each (loader + copy), and starting the epoch's loader
     (worker processes, the device loader's augmentation pass), is the data_wait phase."""
     start = timer.now()
@@ -238,7 +238,7 @@ def _timed(batches, timer: PhaseTimer, device, channels_last):
         except StopIteration:
             timer.totals["data_wait"] += timer.now() - start
             return
-        x, y = _to_device(x, y, device, channels_last)
+        x, y = _to_device(x, y, device, channels_last, dtype)
         timer.totals["data_wait"] += timer.now() - start
         yield x, y
         start = timer.now()
@@ -258,7 +258,7 @@ def compile_for_shapes(net: nn.Module, opt: OptimizerSection, amp: Precision, de
     saved = copy.deepcopy(net.state_dict())
 
     def batch(n):
-        x = torch.randn(n, 3, 32, 32, device=device)
+        x = torch.randn(n, 3, 32, 32, device=device, dtype=amp.weights_dtype)
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     net.train()
@@ -340,7 +340,7 @@ class PreparedRun:
     compiled: nn.Module | None = None  # torch.compile of ``net`` (``--compile``), which trains and evaluates it
 
     def to_device(self, x, y):
-        return _to_device(x, y, self.device, self.channels_last)
+        return _to_device(x, y, self.device, self.channels_last, self.amp.weights_dtype)
 
     def evaluated_net(self) -> nn.Module:
         evaluated = self.average.model_to_evaluate() if self.average else self.net
@@ -378,7 +378,7 @@ def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, result: RunRe
     net = build_stage_net(stage, preset)
     if ranks > 1:
         net = batch_norm_over_ranks(net, ranks)
-    net = net.to(device)
+    net = net.to(device, amp.weights_dtype)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     result.bn_precision = cast_batch_norm(net, amp, stage.precision.bn_fp32)
@@ -468,7 +468,7 @@ def run_epoch(run: PreparedRun, epoch: int, result: RunResult, on_step: Callable
     epoch_start = timer.now(sync=True)
     stats = EpochStats(run.device, across_ranks=run.shard.world_size > 1)
     lr = 0.0
-    for step_in_epoch, (x, y) in enumerate(_timed(run.train, timer, run.device, run.channels_last)):
+    for step_in_epoch, (x, y) in enumerate(_timed(run.train, timer, run.device, run.channels_last, run.amp.weights_dtype)):
         lr = train_step(run, x, y, step_in_epoch, result, stats, epoch)
         on_step(result.steps)
         if result.steps >= run.steps_planned:
