@@ -228,6 +228,20 @@ def fit_whitening(net: nn.Module, images: torch.Tensor) -> bool:
 # ---- post 1: the DAWNBench pre-activation ResNet-18
 
 
+class StridedPointwise(nn.Conv2d):
+    """A 1x1 convolution with stride ``stride``, computed as a 1x1 convolution of every
+    ``stride``-th pixel: the same products and sums. oneDNN's own strided 1x1 kernel never
+    returns from its backward pass in fp32 channels_last on some CPUs (torch 2.14.1, oneDNN 3.12,
+    an AMD EPYC with AVX2 and no AVX-512; a 1x1 stride-1 kernel on the subsampled input does)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__(c_in, c_out, 1, bias=False)
+        self.subsample = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :, ::self.subsample, ::self.subsample])
+
+
 class PreActBlock(nn.Module):
     """BN-ReLU-conv-BN-ReLU-conv plus a shortcut taken after the first BN-ReLU (Page's DAWN_net)."""
 
@@ -238,7 +252,7 @@ class PreActBlock(nn.Module):
         self.mid = nn.Sequential(batch_norm(c_out, scale=bn_scale), nn.ReLU(inplace=True))
         self.conv2 = conv3x3(c_out, c_out)
         needs_projection = stride != 1 or c_in != c_out
-        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False) if needs_projection else nn.Identity()
+        self.shortcut = StridedPointwise(c_in, c_out, stride) if needs_projection else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pre(x)
