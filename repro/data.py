@@ -21,13 +21,13 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
+from .runlog import write_whole
 
 SYNTHETIC = "synthetic"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -298,16 +298,7 @@ def _cached(cache_dir: Path, key: str, label: str, loader) -> CifarArrays:
         except (OSError, ValueError, KeyError, EOFError):
             cache_file.unlink(missing_ok=True)  # a damaged cache is rebuilt, not trusted
     train_x, train_y, test_x, test_y = loader()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # write to a temporary name and rename, so a crash never leaves half an array behind
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
-        os.replace(tmp, cache_file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_whole(cache_file, lambda fh: np.savez(fh, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y))
     return CifarArrays(train_x, train_y, test_x, test_y, label)
 
 

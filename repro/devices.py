@@ -1,5 +1,5 @@
-"""Device, precision and the pieces of the CUDA path, kept behind ``device.type == "cuda"``
-so a CPU run never touches CUDA."""
+"""Device, mixed precision (``Amp``) and the pieces of the CUDA path, kept behind
+``device.type == "cuda"`` so a CPU run never touches CUDA."""
 
 from __future__ import annotations
 
@@ -90,29 +90,26 @@ def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
     return requested, "requested"
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """The precision ``choose_precision`` picks."""
-    return choose_precision(requested, device)[0]
-
-
 @dataclass
-class Precision:
-    """Autocast context and gradient scaler for one (device, precision) pair."""
+class Amp:
+    """Automatic mixed precision for one (device, --precision) pair: the autocast context, the
+    gradient scaler fp16 needs, and the dtype of the weights and of every batch (float64 for
+    fp64, else float32)."""
 
     device: torch.device
-    name: str
+    precision: str  # the resolved --precision
 
     def __post_init__(self):
-        self.dtype = {"fp32": None, "fp64": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
-        # the dtype of the weights and of every batch fed to the net
-        self.weights_dtype = torch.float64 if self.name == "fp64" else torch.float32
+        self.autocast_dtype = {"fp32": None, "fp64": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            self.precision]
+        self.weights_dtype = torch.float64 if self.precision == "fp64" else torch.float32
         # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.name == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
 
     def autocast(self):
-        if self.dtype is None:
+        if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -121,8 +118,6 @@ class Precision:
         """Step ``optimizer`` (or each of an ``OptimizerSet``'s), through the scaler for fp16."""
         optimizers = getattr(optimizer, "optimizers", (optimizer,))
         if self.scaler:
-            if any(not isinstance(opt, torch.optim.Optimizer) for opt in optimizers):
-                raise ValueError("fp16's GradScaler steps torch optimizers only (Muon stages run in bf16 or fp32)")
             for opt in optimizers:
                 self.scaler.step(opt)  # skips the step if the scaled grads overflowed
             self.scaler.update()
@@ -181,13 +176,29 @@ def _peak_key(device: torch.device, precision: str) -> str:
     return f"{device.type}|{chip}|{torch.get_num_threads()} threads|torch {torch.__version__}|{precision}"
 
 
+def _cpu_matmul_size(dtype: torch.dtype, largest: int = 2048, seconds: float = 0.1) -> int:
+    """The side (a multiple of 128, 256 to ``largest``) whose product takes about ``seconds``
+    here, from the fastest of three 512 x 512 products."""
+    a = torch.ones(512, 512, dtype=dtype)
+    torch.mm(a, a)
+    fastest = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        torch.mm(a, a)
+        fastest = min(fastest, time.perf_counter() - start)
+    side = (2 * 512 ** 3 / max(fastest, 1e-9) * seconds / 2) ** (1 / 3)
+    return int(min(largest, max(256, side // 128 * 128)))
+
+
 def measure_matmul_flops(device: torch.device, precision: str, *, size: int | None = None,
                          block_seconds: float = 0.3, blocks: int = 3) -> float:
     """FLOP/s of square ``size`` x ``size`` matrix products in ``precision``'s dtype on ``device``:
     the best of ``blocks`` timed blocks of back-to-back products (after a warm-up), each block
-    running for at least ``block_seconds``."""
+    running for at least ``block_seconds``. The default size is 8192 on a GPU; on a CPU 2048, or
+    less where one product would take over a tenth of a second (fp16 and fp64 on most CPUs, at
+    tens of GFLOP/s: a 2048 product takes seconds there)."""
     dtype = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    size = size or (8192 if device.type == "cuda" else 2048)
+    size = size or (8192 if device.type == "cuda" else _cpu_matmul_size(dtype))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, generator=gen).to(dtype)
@@ -217,11 +228,10 @@ def peak_flops(device: torch.device, precision: str, cache_dir=None, *, remeasur
     ``<cache>/peak_flops.json`` (``$REPRO_CACHE`` or ``~/.cache/repro``); a file that cannot be
     read or written only costs a new measurement."""
     import json
-    import os
-    import tempfile
     from pathlib import Path
 
     from .data import default_cache_dir
+    from .runlog import write_whole
 
     path = Path(cache_dir or default_cache_dir()) / PEAK_CACHE_NAME
     key = _peak_key(device, precision)
@@ -236,11 +246,7 @@ def peak_flops(device: torch.device, precision: str, cache_dir=None, *, remeasur
     flops = measure_matmul_flops(device, precision)
     cached[key] = flops
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(cached, fh, indent=1)
-        os.replace(tmp, path)
+        write_whole(path, json.dumps(cached, indent=1).encode())
     except OSError:
         pass
     return flops, False

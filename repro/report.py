@@ -8,42 +8,26 @@ produce records) when the log holds no usable record.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-from .claims import stage_reports
 from .errors import UserError, cli_main
 from .resnet import ladder as ladders
 from .resnet.config import available_presets, load_preset, load_stage
-from .runlog import read_records
+from .resnet.records import LoggedRun, logged_runs
+from .runlog import read_records, write_whole
 
 PRODUCERS = ("python -m repro.resnet --stage all --preset cpu --data PATH/cifar10-jpeg.tar.gz",
              "python -m repro.autoencoder")
 PRESET_ORDER = ("full", "cpu", "loaderbound", "smoke")
 
 
-def atomic_write(path: Path, data: bytes):
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def by_preset(records) -> dict[str, list[dict]]:
-    """ok ResNet records per preset, real data before synthetic, presets in PRESET_ORDER."""
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        key = str(r.get("preset")) + (" (synthetic)" if r.get("synthetic") else "")
+def by_preset(runs: list[LoggedRun]) -> dict[str, list[LoggedRun]]:
+    """ok ResNet runs per preset, real data before synthetic, presets in PRESET_ORDER."""
+    groups: dict[str, list[LoggedRun]] = {}
+    for r in runs:
+        key = str(r.preset) + (" (synthetic)" if r.synthetic else "")
         groups.setdefault(key, []).append(r)
 
     def rank(key):
@@ -53,39 +37,47 @@ def by_preset(records) -> dict[str, list[dict]]:
     return {k: groups[k] for k in sorted(groups, key=rank)}
 
 
-def target_of(records, override: float | None = None) -> float | None:
+def target_of(runs: list[LoggedRun], override: float | None = None) -> float | None:
     """``--target`` when given, else the target the runs were made against (their preset's)."""
     if override is not None:
         return override
-    target = records[0].get("target_accuracy")
-    if target is None and records[0].get("preset") in available_presets():
-        target = load_preset(records[0]["preset"]).target_accuracy
+    target = runs[0].target_accuracy
+    if target is None and runs[0].preset in available_presets():
+        target = load_preset(runs[0].preset).target_accuracy
     return target
 
 
-def describe(records) -> str:
-    first = records[0]
-    hw = first.get("hardware") or {}
-    return (f"{first.get('device')} ({hw.get('gpu') or hw.get('cpu')}, {hw.get('cpu_count')} CPUs), "
-            f"precision {first.get('precision')}, data {first.get('data_source')}; "
-            f"{len(records)} runs in {len({r.get('group_id') for r in records})} invocation(s)")
+def describe(runs: list[LoggedRun]) -> str:
+    first = runs[0]
+    hw = first.hardware
+    return (f"{first.device} ({hw.get('gpu') or hw.get('cpu')}, {hw.get('cpu_count')} CPUs), "
+            f"precision {first.precision}, data {first.data_source}; "
+            f"{len(runs)} runs in {len({r.group_id for r in runs})} invocation(s)")
 
 
-def markdown(groups, autoencoder, plots, note, llm=None, target=None) -> str:
-    """The report's text; each preset group is judged against ``target`` (``--target``) or its own preset's."""
+class Ladder:
+    """One preset's runs, the target they are judged against and their rows, computed once."""
+
+    def __init__(self, runs: list[LoggedRun], target_override: float | None = None):
+        self.runs, self.target = runs, target_of(runs, target_override)
+        self.rows = ladders.ladder_rows(runs, self.target)
+
+
+def markdown(tables: dict[str, Ladder], autoencoder, plots, note, columns=None) -> str:
+    """The report's text, one ladder table per preset group."""
     entry = load_stage("baseline").source.entry_seconds
     out = ["# Reproduction report", ""]
-    if groups:
+    if tables:
         out += ["Measured seconds use each source's clock (blog: every test pass included; dawnbench: no "
                 "validation; airbench: whitening + training + the final TTA pass); ratios are to the first stage "
                 "in each table; p-values are Welch t-tests against the stage above (stages with ≥ 2 runs). "
                 f"The series starts from Ben Johnson's DAWNBench entry, {entry:g} s; sources' times are on a V100 "
                 "(airbench94: an A100).", ""]
-    for name, records in groups.items():
+    for name, table in tables.items():
         real = not name.endswith("(synthetic)") and not name.startswith("smoke")
-        out += [f"## ResNet ladder, preset {name}", "", describe(records)
+        out += [f"## ResNet ladder, preset {name}", "", describe(table.runs)
                 + ("" if real else " **Synthetic/smoke: pipeline evidence only.**"), ""]
-        out += ladders.markdown_table(records, target_of(records, target), llm) + [""]
+        out += ladders.markdown_table(table.rows, table.target, columns) + [""]
     if autoencoder:
         from .autoencoder.table import markdown_sections
 
@@ -94,10 +86,9 @@ def markdown(groups, autoencoder, plots, note, llm=None, target=None) -> str:
     return "\n".join(out)
 
 
-def write_plots(records, out_dir: Path, target: float | None = None) -> tuple[list[Path], str]:
+def write_plots(table: Ladder | None, out_dir: Path) -> tuple[list[Path], str]:
     """Time / first stage (measured beside the source) and accuracy against time, for every stage
-    of ``records``, ``target`` (default the records' own preset's) drawn as a line; [] with a note without
-    matplotlib."""
+    of ``table``, its target drawn as a line; [] with a note without matplotlib."""
     try:
         import matplotlib
 
@@ -105,13 +96,11 @@ def write_plots(records, out_dir: Path, target: float | None = None) -> tuple[li
         import matplotlib.pyplot as plt
     except ImportError:
         return [], "Plots skipped: matplotlib is not installed (pip install 'repro[plots]')."
-    if not records:
+    if table is None:
         return [], "No ResNet records to plot."
     import io
 
-    target = target_of(records, target)
-    rows = ladders.ladder_rows(records, target)
-    preset = records[0].get("preset")
+    target, rows, preset = table.target, table.rows, table.runs[0].preset
     first = statistics.fmean(rows[0].seconds)
     y = list(range(len(rows)))[::-1]  # first stage on top
     fig, ax = plt.subplots(figsize=(8, 1.6 + 0.32 * len(rows)))
@@ -139,7 +128,7 @@ def write_plots(records, out_dir: Path, target: float | None = None) -> tuple[li
         buf = io.BytesIO()
         figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(figure)
-        atomic_write(out_dir / name, buf.getvalue())
+        write_whole(out_dir / name, buf.getvalue())
         written.append(out_dir / name)
     return written, ""
 
@@ -219,14 +208,13 @@ def accuracy_vs_time(rows, preset, target):
     return fig, place_labels(fig, ax, points, labels)
 
 
-def print_summary(groups, autoencoder, out_dir, llm=None, target=None):
+def print_summary(tables: dict[str, Ladder], autoencoder, out_dir, columns=None):
     from rich.console import Console
 
     console = Console(width=None if sys.stdout.isatty() else 200)
-    for name, records in groups.items():
-        title = f"ResNet ladder, preset {name}"
-        console.print(ladders.rich_table(records, target_of(records, target), title, llm))
-    console.print(f"{sum(map(len, groups.values()))} ResNet runs, {len(autoencoder)} autoencoder records; "
+    for name, table in tables.items():
+        console.print(ladders.rich_table(table.rows, table.target, f"ResNet ladder, preset {name}", columns))
+    console.print(f"{sum(len(t.runs) for t in tables.values())} ResNet runs, {len(autoencoder)} autoencoder records; "
                   f"report written to {out_dir / 'report.md'}")
 
 
@@ -250,27 +238,25 @@ def main(argv=None):
     logs = [read_records(path) for path in args.log_dir]
     # a record is counted once, even when two of the logs hold it (a copy, or one log named twice)
     records = list({r.get("run_id") or id(r): r for log in logs for r in log}.values())
-    resnet = [r for r in records if r.get("experiment") == "resnet" and r.get("status") == "ok"
-              and isinstance(r.get("total_seconds"), (int, float))]
+    resnet = [r for r in logged_runs(records) if r.measured]
     autoencoder = [r for r in records if r.get("experiment") == "autoencoder" and r.get("status") == "ok"]
     if not resnet and not autoencoder:
         raise UserError(f"no ok run records in {', '.join(args.log_dir)}; produce some with: "
                         + " ; ".join(PRODUCERS))
     log_dir = Path(args.log_dir[0])
     out_dir = Path(args.out) if args.out else (log_dir.parent if log_dir.suffix == ".jsonl" else log_dir) / "report"
-    groups = by_preset(resnet)
+    tables = {name: Ladder(runs, args.target) for name, runs in by_preset(resnet).items()}
     # the first group: real data, largest preset
-    first = next(iter(groups), None)
-    plots, note = write_plots(groups.get(first, []), out_dir, args.target)
+    plots, note = write_plots(next(iter(tables.values()), None), out_dir)
     torn = " ".join(filter(None, (log.torn_note() for log in logs)))
     if torn:
         print(torn, file=sys.stderr)
-    llm = stage_reports(records=records)  # what LLM assistants reported per stage, judged on every log given
-    text = markdown(groups, autoencoder, plots, note, llm, args.target)
+    columns = ladders.extra_columns(records)  # the LLM column, judged on every log given
+    text = markdown(tables, autoencoder, plots, note, columns)
     if torn:
         text = text.replace("# Reproduction report\n", f"# Reproduction report\n\n{torn}\n", 1)
-    atomic_write(out_dir / "report.md", text.encode())
-    print_summary(groups, autoencoder, out_dir, llm, args.target)
+    write_whole(out_dir / "report.md", text.encode())
+    print_summary(tables, autoencoder, out_dir, columns)
     return 0
 
 

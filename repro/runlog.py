@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 from .errors import UserError, signals_deferred
 
@@ -44,23 +44,40 @@ def _finite(value: Any) -> Any:
     return value
 
 
-@functools.cache
-def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+def git_commit(checkout: str | os.PathLike | None = None) -> str | None:
+    """The commit of ``checkout`` (default: this code's) in 12 digits, with ``-dirty`` when its
+    working tree differs from it: a tracked file modified, or an untracked file that is not
+    ignored (a new stage file, say). Looked up for every record, when its run starts; None
+    outside a checkout."""
+    here = Path(checkout) if checkout is not None else Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
-            text=True, timeout=5,
-        )
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        changes = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True,
+                                 timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-        capture_output=True, text=True, timeout=5,
-    ).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+    return head.stdout.strip() + ("-dirty" if changes else "")
+
+
+def file_digests(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """Each file's sha256 (16 hex digits), keyed by its path relative to the package's parent
+    folder when it lies there (a built-in stage file), else as given: what a record keeps of
+    the stage and preset files it was read from, wherever they came from."""
+    import hashlib
+
+    top = Path(__file__).resolve().parents[1]
+    digests = {}
+    for path in paths:
+        resolved = Path(path).resolve()
+        name = str(resolved.relative_to(top)) if resolved.is_relative_to(top) else str(path)
+        try:
+            digests[name] = hashlib.sha256(resolved.read_bytes()).hexdigest()[:16]
+        except OSError:
+            digests[name] = "unreadable"
+    return digests
 
 
 def _cpu_model() -> str:
@@ -100,8 +117,8 @@ def _hardware_info() -> dict[str, Any]:
 
 
 def record_header(experiment: str) -> dict[str, Any]:
-    """The fields every record carries: a fresh id and time; the commit, torch version and
-    hardware are looked up once per process."""
+    """The fields every record carries: a fresh id, the time and the checkout's commit now (the
+    run's start); torch's version and the hardware are looked up once per process."""
     return {
         "run_id": uuid.uuid4().hex[:12],
         "experiment": experiment,
@@ -125,6 +142,26 @@ def _torch_version() -> str | None:
     except ImportError:
         return None
     return torch.__version__
+
+
+def write_whole(path: str | os.PathLike, content: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``content`` (bytes, or a function that writes to the open file) to a temporary file
+    in the same folder, then rename it over ``path``: a reader, or a crash, never meets half a
+    file. The file is readable by all (mkstemp makes it private)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def log_path(log_dir: str | os.PathLike | None = None) -> Path:

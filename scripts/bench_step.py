@@ -32,18 +32,16 @@ from repro.data import SYNTHETIC
 from repro.devices import peak_flops
 from repro.errors import UserError
 from repro.resnet.cli import add_common_arguments, load_one_stage
-from repro.resnet.records import RunResult
-from repro.resnet.train import EpochStats, make_optimizer, prepare, train_step
+from repro.resnet.train import EpochStats, TrainSettings, make_optimizer, prepare, train_step
 
 VARIANTS = ("eager", "compiled", "nchw", "nhwc", "default_sgd", "foreach", "fp32")
 
 
-def run_variant(name: str, stage, preset, data, *, device, precision: str, steps: int, warmup: int) -> dict:
-    channels_last = {"nchw": False, "nhwc": True}.get(name, preset.channels_last)
-    precision = "fp32" if name == "fp32" else precision
-    result = RunResult()
-    run = prepare(stage, preset, data, result, device=device, precision=precision, channels_last=channels_last,
-                  seed=0, compile_net=name == "compiled")
+def run_variant(name: str, stage, preset, data, settings: TrainSettings, *, steps: int, warmup: int) -> dict:
+    settings = replace(settings, channels_last={"nchw": False, "nhwc": True}.get(name, settings.channels_last),
+                       precision="fp32" if name == "fp32" else settings.precision, compile_mode="default" if name == "compiled" else None)
+    device, precision = settings.device, settings.precision
+    run = prepare(stage, preset, data, 0, settings)
     if name in ("default_sgd", "foreach"):
         run.optimizer = make_optimizer(run.net, stage.optimizer, run.train.batch_size,
                                        implementation=name.removesuffix("_sgd"))
@@ -57,7 +55,7 @@ def run_variant(name: str, stage, preset, data, *, device, precision: str, steps
             x, y = next(batches)
         x, y = run.to_device(x, y)
         start = time.perf_counter()
-        train_step(run, x, y, i % run.steps_per_epoch, result, stats, epoch=0)
+        train_step(run, x, y, i % run.steps_per_epoch, stats, epoch=0)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
@@ -65,9 +63,9 @@ def run_variant(name: str, stage, preset, data, *, device, precision: str, steps
     losses = stats.read()[0]
     peak, _ = peak_flops(device, precision)
     step = statistics.median(seconds)
-    return {"variant": name, "precision": precision, "channels_last": channels_last, "step": step,
+    return {"variant": name, "precision": precision, "channels_last": settings.channels_last, "step": step,
             "spread": (max(seconds) - min(seconds)) / step, "utilisation": run.flops_per_step / step / peak,
-            "loss": losses[-1], "compile": result.compile_seconds}
+            "loss": losses[-1], "compile": run.timer.totals.get("compile")}
 
 
 def main(argv=None) -> int:
@@ -90,19 +88,19 @@ def main(argv=None) -> int:
             raise UserError(f"unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
         if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
             raise UserError("--steps and --repeats must be at least 1, --warmup at least 0")
-        stage, preset, device, precision, data = load_one_stage(args)
+        stage, preset, settings, data = load_one_stage(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # a small test set: the benchmark times training steps only
     data = replace(data, test_images=data.test_images[:256], test_labels=data.test_labels[:256])
-    print(f"{args.stage}, preset {args.preset}, {device}, {torch.get_num_threads()} threads, {precision}, "
+    print(f"{args.stage}, preset {args.preset}, {settings.device}, {torch.get_num_threads()} threads, "
+          f"{settings.precision}, "
           f"{args.steps} timed steps after {args.warmup}, x{args.repeats} round robin; data {data.source_label}")
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name in variants:
-            runs[name].append(run_variant(name, stage, preset, data, device=device, precision=precision,
-                                          steps=args.steps, warmup=args.warmup))
+            runs[name].append(run_variant(name, stage, preset, data, settings, steps=args.steps, warmup=args.warmup))
     rows = []
     for name in variants:
         r = dict(min(runs[name], key=lambda v: abs(v["step"] - statistics.median(x["step"] for x in runs[name]))))

@@ -42,10 +42,11 @@ def main(argv=None) -> int:
     try:
         if args.steps < 1 or args.skip < 0:
             raise UserError("--steps must be at least 1 and --skip at least 0")
-        stage, preset, device, precision, data = load_one_stage(args)
+        stage, preset, settings, data = load_one_stage(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    device = settings.device
     activities = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
     profiler = torch.profiler.profile(activities=activities)
@@ -65,15 +66,14 @@ def main(argv=None) -> int:
     # enough epochs for skip + steps, whatever the stage's length
     preset = replace(preset, epochs=max(run_epochs(preset, stage), 1.0) * 4)
     try:
-        train_stage(stage, preset, data, device=device, precision=precision, channels_last=preset.channels_last, seed=0,
-                    hooks=Hooks(on_step=on_step))
+        train_stage(stage, preset, data, 0, settings, Hooks(on_step=on_step))
     except _Enough:
         pass
     else:
         print(f"error: the run ended before {args.skip + args.steps} steps", file=sys.stderr)
         return 1
     print(profiler.key_averages().table(sort_by=args.sort, row_limit=args.rows))
-    print(f"{args.stage}, preset {preset.name}, {device}, {precision}: "
+    print(f"{args.stage}, preset {preset.name}, {device}, {settings.precision}: "
           f"{(started[1] - started[0]) / args.steps:.3f} s per profiled step (with the profiler's overhead)")
     return 0
 

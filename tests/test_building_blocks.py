@@ -12,13 +12,14 @@ from torch import nn
 
 from repro.resnet.averaging import WeightAverage
 from repro.resnet.config import OptimizerSection, load_preset, load_stage
-from repro.devices import Precision
+from repro.devices import Amp
 from repro.resnet.evaluation import tta_logits, translate
 from repro.resnet.loaders.base import normalise_pad_transpose
 from repro.resnet.loaders.dataloader import Cutout
 from repro.resnet.loaders.device import DeviceBatches, grouped_choices
 from repro.resnet.nets import GhostBatchNorm, PatchWhitening, airbench94, batch_norm, dawn_resnet18, resnet9
 from repro.resnet.train import build_stage_net, cast_batch_norm, warm_up_and_count_flops, loss_fn, make_optimizer, set_lr
+from trajectories import recorded_choices
 
 CPU = torch.device("cpu")
 
@@ -48,13 +49,14 @@ def test_device_loader_cutout_zeroes_one_square_per_image(choices):
     images = np.full((40, 32, 32, 3), 200, dtype=np.uint8)  # normalises to a non-zero constant
     loader = DeviceBatches(images, np.zeros(40), batch_size=40, seed=0, device=CPU, pad=0, flip="none", cutout=5,
                            choices=choices)
+    drawn = recorded_choices(loader)
     out = _augment_epoch(loader)
     zeros = (out == 0).all(dim=1)  # (N, 32, 32)
     assert (zeros.sum(dim=(1, 2)) == 25).all()
     for mask in zeros:
         rows, cols = mask.nonzero(as_tuple=True)
         assert rows.max() - rows.min() == 4 and cols.max() - cols.min() == 4
-    where = loader.last_choices["cutout"]  # the square sits where the choice says
+    where = drawn[-1]["cutout"]  # the square sits where the choice says
     for mask, option in zip(zeros, where.tolist()):
         y0, x0 = divmod(option, 28)
         assert mask[y0:y0 + 5, x0:x0 + 5].all()
@@ -218,10 +220,11 @@ def test_multiview_tta_weights_and_translations():
 
 def test_alternating_flip_flips_exactly_what_it_did_not_flip_before():
     loader = DeviceBatches(_images(64), np.zeros(64), batch_size=16, seed=3, device=CPU, pad=2, flip="alternating")
+    drawn = recorded_choices(loader)
     epochs = []
     for _ in range(4):
         _augment_epoch(loader)
-        epochs.append(loader.last_choices["flip"].clone())
+        epochs.append(drawn[-1]["flip"].clone())
     assert epochs[0].sum() == 32  # a random half first
     for before, after in zip(epochs, epochs[1:]):
         assert torch.equal(after, ~before)
@@ -232,8 +235,9 @@ def test_device_loader_applies_its_choices(choices):
     images = _images(20)
     loader = DeviceBatches(images, np.arange(20), batch_size=20, seed=0, device=CPU, pad=4, flip="random",
                            choices=choices)
+    drawn = recorded_choices(loader)
     out = _augment_epoch(loader)
-    crop, flip = loader.last_choices["crop"], loader.last_choices["flip"]
+    crop, flip = drawn[-1]["crop"], drawn[-1]["flip"]
     padded = torch.from_numpy(normalise_pad_transpose(images, 4))
     for i in range(20):
         dy, dx = divmod(int(crop[i]), 9)
@@ -305,15 +309,15 @@ def test_summed_loss_with_scaled_lr_and_decay_gives_the_mean_loss_update():
     assert not torch.equal(results[0]["1.0.weight"], net.state_dict()["1.0.weight"])
 
 
-def test_bn_fp32_switch_keeps_or_casts_batch_norm():
-    for bn_fp32, dtype in ((True, torch.float32), (False, torch.bfloat16)):
+def test_batch_norm_keep_fp32_keeps_or_casts_batch_norm():
+    for keep_fp32, dtype in ((True, torch.float32), (False, torch.bfloat16)):
         net = resnet9(width_divisor=16)
-        note = cast_batch_norm(net, Precision(CPU, "bf16"), bn_fp32)
+        note = cast_batch_norm(net, Amp(CPU, "bf16"), keep_fp32)
         bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
         assert all(m.weight.dtype == dtype for m in bns), note
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    assert cast_batch_norm(resnet9(width_divisor=16), Precision(CPU, "fp32"), False) == "fp32 (fp32 run)"
+    assert cast_batch_norm(resnet9(width_divisor=16), Amp(CPU, "fp32"), False) == "fp32 (fp32 run)"
 
 
 @pytest.mark.parametrize("build, forward_gflop", [
@@ -323,7 +327,7 @@ def test_bn_fp32_switch_keeps_or_casts_batch_norm():
 ])
 def test_training_flops_match_the_independent_counts(build, forward_gflop):
     net = build()
-    flops = warm_up_and_count_flops(net, OptimizerSection(), 2, CPU, False, Precision(CPU, "fp32")) / 2
+    flops = warm_up_and_count_flops(net, OptimizerSection(), 2, CPU, False, Amp(CPU, "fp32")) / 2
     assert flops == pytest.approx(3 * forward_gflop * 1e9, rel=0.04)
 
 

@@ -18,6 +18,7 @@ from repro.runlog import read_records
 
 pytest.importorskip("nvidia.dali")
 from repro.resnet.loaders.dali import DaliBatches  # noqa: E402
+from trajectories import recorded_choices
 
 CPU = torch.device("cpu")
 
@@ -29,11 +30,12 @@ def _images(n, seed=0):
 def test_output_equals_torch_crop_and_flip_for_the_same_choices():
     x = _images(70)
     batches = DaliBatches(x, np.arange(70), batch_size=32, seed=3, device=CPU)
+    drawn = recorded_choices(batches, "draw_epoch")
     padded = normalise_pad_transpose(x)
     seen = []
     for images, labels in batches:  # 32 + 32 + 6: the short last batch too
         idx = labels.numpy()  # labels are the image indices here
-        crop, flips = batches.last_choices["crop"][idx], batches.last_choices["flip"][idx]
+        crop, flips = drawn[-1][0][idx], drawn[-1][1][idx]
         expected = np.stack([FlipLR().apply(Crop().apply(padded[i], crop[k]), flips[k]) for k, i in enumerate(idx)])
         assert images.dtype == torch.float32 and images.shape == (len(idx), 3, 32, 32)
         np.testing.assert_allclose(images.numpy(), expected, rtol=1e-5, atol=1e-5)
@@ -60,6 +62,7 @@ def test_crop_offsets_uniform_over_81_and_flips_fair():
     coords[..., 0] = 8 * np.arange(32)[None, :, None]
     coords[..., 1] = 8 * np.arange(32)[None, None, :]
     batches = DaliBatches(coords, np.zeros(n), batch_size=1024, seed=7, device=CPU)
+    drawn = recorded_choices(batches, "draw_epoch")
     counts, flips = np.zeros(81), 0
     for images, _ in batches:
         raw = images.numpy() * STD[:, None, None] + MEAN[:, None, None]
@@ -76,14 +79,15 @@ def test_crop_offsets_uniform_over_81_and_flips_fair():
     assert stats.chisquare(counts).pvalue > 1e-3
     assert stats.binomtest(flips, n).pvalue > 1e-3
     # the choices it reports are the ones it applied (the last batch's images, in data order)
-    crop = batches.last_choices["crop"]
+    crop = drawn[-1][0]
     assert np.array_equal(np.bincount(crop[:, 0] * 9 + crop[:, 1], minlength=81), counts)
 
 
 def test_flip_none_never_flips():
     batches = DaliBatches(_images(40), np.arange(40), batch_size=40, seed=0, device=CPU, flip="none")
+    drawn = recorded_choices(batches, "draw_epoch")
     next(iter(batches))
-    assert not batches.last_choices["flip"].any()
+    assert not drawn[-1][1].any()
 
 
 def test_make_train_loader_selects_dali_and_its_declaration_refuses_cutout():

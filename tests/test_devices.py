@@ -5,17 +5,22 @@ import torch
 from conftest import assert_close_to_scale
 
 from repro import devices
-from repro.devices import PhaseTimer, Precision, choose_precision, resolve_precision
+from repro.devices import Amp, PhaseTimer, choose_precision
 from repro.errors import UserError
 
 CPU = torch.device("cpu")
 
 
+def _chosen(requested, device):
+    """The precision choose_precision picks, without its reason."""
+    return choose_precision(requested, device)[0]
+
+
 def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
-    assert resolve_precision("auto", CPU) == "bf16"
+    assert _chosen("auto", CPU) == "bf16"
     monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
-    assert resolve_precision("auto", CPU) == "fp32"
+    assert _chosen("auto", CPU) == "fp32"
 
 
 @pytest.mark.parametrize("capability, expected", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16"),
@@ -35,26 +40,26 @@ def test_auto_precision_on_cuda_is_bf16_where_native_else_fp16(monkeypatch, capa
 def test_fp16_gets_a_scaler_on_its_own_device_type(monkeypatch):
     made = []
     monkeypatch.setattr(devices.torch.amp, "GradScaler", lambda device, **kw: made.append(device) or "scaler")
-    assert Precision(torch.device("cuda"), "fp16").scaler == "scaler"
-    assert Precision(CPU, "fp16").scaler == "scaler"
-    assert Precision(CPU, "fp32").scaler is None
+    assert Amp(torch.device("cuda"), "fp16").scaler == "scaler"
+    assert Amp(CPU, "fp16").scaler == "scaler"
+    assert Amp(CPU, "fp32").scaler is None
     assert made == ["cuda", "cpu"]  # each scaler on its precision's own device type
 
 
 def test_fp16_on_cpu_is_allowed_when_asked_but_never_chosen(monkeypatch):
-    assert resolve_precision("fp16", CPU) == "fp16"
+    assert _chosen("fp16", CPU) == "fp16"
     for native_bf16 in (True, False):
         monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: native_bf16)
-        assert resolve_precision("auto", CPU) != "fp16"
-    with pytest.raises(UserError, match="--precision must be one of auto, fp32, bf16, fp16, not 'fp8'"):
-        resolve_precision("fp8", CPU)
+        assert _chosen("auto", CPU) != "fp16"
+    with pytest.raises(UserError, match="--precision must be one of auto, fp32, bf16, fp16, fp64, not 'fp8'"):
+        _chosen("fp8", CPU)
 
 
 def _fp16_setup(lr=0.5):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3))
     x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
-    return net, torch.optim.SGD(net.parameters(), lr=lr), x, y, Precision(CPU, "fp16")
+    return net, torch.optim.SGD(net.parameters(), lr=lr), x, y, Amp(CPU, "fp16")
 
 
 def _fp16_loss(net, x, y, amp, factor=1.0):
@@ -112,11 +117,11 @@ def test_cuda_request_without_gpu_is_a_clear_error(monkeypatch):
 def test_cpu_bf16_autocast_computes_in_bf16_and_fp32_does_not():
     layer = torch.nn.Linear(8, 4)
     x = torch.randn(2, 8)
-    with Precision(CPU, "bf16").autocast():
+    with Amp(CPU, "bf16").autocast():
         assert layer(x).dtype == torch.bfloat16
-    with Precision(CPU, "fp32").autocast():
+    with Amp(CPU, "fp32").autocast():
         assert layer(x).dtype == torch.float32
-    assert Precision(CPU, "bf16").scaler is None  # bf16 has fp32's range: no loss scaling
+    assert Amp(CPU, "bf16").scaler is None  # bf16 has fp32's range: no loss scaling
 
 
 def test_phase_timer_accumulates_per_phase():

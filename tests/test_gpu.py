@@ -11,11 +11,12 @@ from torch import nn
 from repro.resnet import cli as resnet
 from repro.resnet.config import load_preset, load_stage
 from repro.data import make_synthetic
-from repro.devices import Precision
+from repro.devices import Amp
 from repro.resnet.loaders.dataloader import Crop, FlipLR
 from repro.resnet.loaders.device import DeviceBatches
 from repro.resnet.loaders.base import normalise_pad_transpose
-from repro.resnet.train import _to_device, train_stage
+from repro.resnet.train import _to_device
+from trajectories import recorded_choices, train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -28,7 +29,7 @@ def _fp16_setup():
                         nn.Linear(8 * 8 * 8, 10)).to(CUDA)
     opt = torch.optim.SGD(net.parameters(), lr=0.5)
     x, y = torch.randn(16, 3, 8, 8, device=CUDA), torch.randint(0, 10, (16,), device=CUDA)
-    return net, opt, x, y, Precision(CUDA, "fp16")
+    return net, opt, x, y, Amp(CUDA, "fp16")
 
 
 def test_fp16_scaler_steps_and_skips_an_overflowed_step_on_cuda():
@@ -52,8 +53,8 @@ def test_fp16_scaler_steps_and_skips_an_overflowed_step_on_cuda():
 
 
 def _train(phase_timing):
-    return train_stage(load_stage("final"), load_preset("smoke"), make_synthetic(512, 256, seed=0), device=CUDA,
-                       precision="fp32", channels_last=False, seed=0, phase_timing=phase_timing)
+    return train(load_stage("final"), load_preset("smoke"), make_synthetic(512, 256, seed=0), device=CUDA,
+                 phase_timing=phase_timing)[0]
 
 
 def test_deferred_and_sync_timing_give_the_same_run_on_cuda():
@@ -91,12 +92,13 @@ def test_dali_gpu_pipeline_equals_the_torch_crop_and_flip():
 
     x = np.random.default_rng(0).integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
     batches = DaliBatches(x, np.arange(100), batch_size=32, seed=0, device=CUDA)
+    drawn = recorded_choices(batches, "draw_epoch")
     padded = normalise_pad_transpose(x)
     seen = 0
     for images, labels in batches:
         assert images.device.type == "cuda" and labels.device.type == "cuda"
         idx = labels.cpu().numpy()
-        crop, flips = batches.last_choices["crop"][idx], batches.last_choices["flip"][idx]
+        crop, flips = drawn[-1][0][idx], drawn[-1][1][idx]
         expected = np.stack([FlipLR().apply(Crop().apply(padded[i], crop[k]), flips[k]) for k, i in enumerate(idx)])
         np.testing.assert_allclose(images.cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
         seen += len(idx)
@@ -126,3 +128,36 @@ def test_one_epoch_on_cuda_with_the_default_precision(stage, tmp_path):
     native_bf16 = torch.cuda.get_device_capability() >= (8, 0)
     assert rec["precision"] == ("bf16" if native_bf16 else "fp16")  # auto on CUDA
     assert rec["phase_timing"].startswith("deferred")  # auto on CUDA: no per-step synchronisation
+
+
+def test_the_sync_checker_is_armed():
+    """The positive control for the check below: torch's sync debug mode raises on a deliberate host read."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError):
+            torch.ones(2, device=CUDA).sum().item()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("stage", ["airbench94", "airbench94_muon"])
+def test_training_steps_make_no_host_sync_by_torchs_own_checker(stage):
+    """Deferred timing's promise, checked by torch rather than by counting .item() calls: under
+    set_sync_debug_mode("error") any implicit synchronisation (float(), bool(), .cpu(), a Python
+    ``if`` on a tensor) raises. The loader's epoch and the once-per-epoch read stay outside."""
+    import math
+    from repro.resnet.train import EpochStats, TrainSettings, prepare, train_step
+
+    settings = TrainSettings(device=CUDA, precision="bf16", channels_last=True, phase_timing="deferred")
+    run = prepare(load_stage(stage), load_preset("smoke"), make_synthetic(4096, 256, seed=0), 0, settings)
+    batches = [run.to_device(x, y) for x, y in run.train]
+    stats = EpochStats(CUDA)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i, (x, y) in enumerate(batches):
+            train_step(run, x, y, i, stats, epoch=0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    losses = stats.read()[0]
+    assert len(losses) == len(batches) >= 2 and all(math.isfinite(v) for v in losses)

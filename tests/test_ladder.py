@@ -7,7 +7,8 @@ from scipy import stats
 
 from repro.resnet import cli as resnet
 from repro.resnet.config import available_stages, load_stage
-from repro.resnet.ladder import ladder_rows, markdown_table, measured_seconds
+from repro.resnet.ladder import ladder_rows, markdown_table
+from repro.resnet.records import LoggedRun
 from repro.runlog import read_records
 
 
@@ -36,7 +37,7 @@ def test_rows_ratios_source_numbers_and_welch():
     # one-sided test of the mean accuracy against the target (mean 0.935 > 0.93, n = 3)
     t1 = (0.935 - 0.93) / (0.005 / math.sqrt(3))
     assert final.p_target == pytest.approx(stats.t.sf(t1, 2))
-    table = "\n".join(markdown_table(records, 0.93))
+    table = "\n".join(markdown_table(ladder_rows(records, 0.93), 0.93))
     # the headline first: time to target (these records predate it: '-'), then the source's ratio
     assert "| final | 3 | - | - | 1.000 | 310.0 ± 10.0 | blog | 155.0 ± 5.0 | 93.50 ± 0.50% |" in table
 
@@ -55,7 +56,7 @@ def test_time_to_target_is_on_the_sources_clock_and_a_miss_is_marked():
     assert rows["final"].target_seconds == [22.0, 22.0] and rows["resnet9"].target_seconds == [10.0, 10.0]
     assert rows["resnet9"].target_ratio == pytest.approx(10 / 22)
     assert rows["tta"].target_ratio is None and not rows["tta"].reached_all
-    table = "\n".join(markdown_table(records, 0.9))
+    table = "\n".join(markdown_table(ladder_rows(records, 0.9), 0.9))
     assert "| tta | 2 | never (1/2) | - | 0.088 |" in table  # 26 / 297 on the source's side
     assert "| resnet9 | 2 | 10.0 ± 0.0 | 0.455 | 0.253 |" in table
 
@@ -90,7 +91,7 @@ def test_compiled_runs_get_a_row_of_their_own_after_the_eager_one():
     records += [_record("airbench94_muon", t, 0.906) for t in (2.3, 2.4)]
     muon = ladder_rows(records, target=0.9)[-1]
     assert muon.p_time == pytest.approx(stats.ttest_ind([4.0, 4.2], [2.3, 2.4], equal_var=False).pvalue)  # eager above
-    assert "| airbench94 (compiled) | 3 |" in "\n".join(markdown_table(records, 0.9))
+    assert "| airbench94 (compiled) | 3 |" in "\n".join(markdown_table(ladder_rows(records, 0.9), 0.9))
 
 
 def test_each_stage_is_timed_on_its_sources_clock():
@@ -99,8 +100,8 @@ def test_each_stage_is_timed_on_its_sources_clock():
     assert load_stage("tta").source.timing == "dawnbench"
     (row,) = ladder_rows([rec])
     assert row.seconds == [60.0] and row.total_seconds == [120.0]
-    assert measured_seconds(rec, "airbench") == 70.0
-    assert measured_seconds(_record("final", 50.0, 0.9)) == 50.0  # an old record: its total
+    assert LoggedRun.from_dict(rec).seconds_on("airbench") == 70.0
+    assert LoggedRun.from_dict(_record("final", 50.0, 0.9)).seconds_on("blog") == 50.0  # an old record: its total
 
 
 def test_list_shows_every_stage_with_its_source(capsys):

@@ -76,10 +76,13 @@ def test_installed_unknown_names_list_what_exists(installed):
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         match = re.search(rf"unknown {kind[:-1]} 'huge'; valid {kind}: (.+)$", out.stderr.strip())
         assert match, out.stderr
-        names = [n for n in match.group(1).split(", ") if n not in ("auto", "all")]
+        names = [n for n in match.group(1).replace("; measurement presets: ", ", ").split(", ")
+                 if n not in ("auto", "all")]
         assert names, out.stderr
-        for name in names:  # every name offered is one the installed package has
-            assert (target / "repro" / "configs" / folder / f"{name}.toml").is_file(), (name, out.stderr)
+        for name in names:  # every name offered is one the installed package has (measurement presets apart)
+            assert any(path.is_file() for path in (target / "repro" / "configs" / folder / f"{name}.toml",
+                                                   target / "repro" / "configs" / folder / "measure" / f"{name}.toml")
+                       ), (name, out.stderr)
     assert not (elsewhere / "bad-logs" / "runs.jsonl").exists()
 
 

@@ -143,15 +143,14 @@ def test_target_given_as_a_percentage_is_one_line(tmp_path, capsys):
 def test_markdown_without_target_reads_each_groups_own_preset_target():
     """Without ``--target`` every group is judged against its own preset's target; the fixture's records carry
     none, so the cpu group's comes from the cpu preset file (60%). A target given overrides it."""
-    from repro.report import by_preset, markdown, target_of
+    from repro.report import Ladder, by_preset, markdown, target_of
     from repro.resnet.config import load_preset
+    from repro.resnet.records import logged_runs
     from repro.runlog import read_records
 
-    resnet = [r for r in read_records(FIXTURE, "resnet") if r.get("status") == "ok"
-              and isinstance(r.get("total_seconds"), (int, float))]
-    groups = by_preset(resnet)
+    groups = by_preset([r for r in logged_runs(read_records(FIXTURE, "resnet")) if r.measured])
     assert target_of(groups["cpu"]) == load_preset("cpu").target_accuracy == 0.60
-    md = markdown(groups, [], [], "")
+    md = markdown({name: Ladder(runs) for name, runs in groups.items()}, [], [], "")
     assert "≥60" in md and "≥55" not in md
-    overridden = markdown(groups, [], [], "", target=0.55)
+    overridden = markdown({name: Ladder(runs, 0.55) for name, runs in groups.items()}, [], [], "")
     assert "≥55" in overridden and "≥60" not in overridden

@@ -6,15 +6,14 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from repro.resnet import cli as resnet
 from repro.resnet.config import load_preset, load_stage
 from repro.data import make_synthetic
 from repro.runlog import read_records
 from repro.resnet import plan
-from repro.resnet.records import EpochRow
-from repro.resnet.train import train_stage
+from repro.resnet.records import EpochRow, RunResult
+from trajectories import train
 
 SMOKE = ["--preset", "smoke", "--data", "synthetic", "--quiet", "--precision", "fp32"]
 
@@ -88,16 +87,15 @@ def _train(stage="final", seed=0, epochs=2):
     preset = load_preset("smoke")
     preset = type(preset)(**{**preset.__dict__, "epochs": epochs})
     data = make_synthetic(512, 128, seed=0)
-    return train_stage(load_stage(stage), preset, data, device=torch.device("cpu"), precision="fp32",
-                       channels_last=False, seed=seed)
+    return train(load_stage(stage), preset, data, seed)[1]
 
 
 def test_same_seed_same_losses_and_loss_decreases():
     a, b = _train(seed=3), _train(seed=3)
-    assert a.step_losses == b.step_losses
+    assert a == b
     c = _train(seed=4)
-    assert c.step_losses != a.step_losses
-    losses = np.array(a.step_losses)
+    assert c != a
+    losses = np.array(a)
     assert losses[-4:].mean() < losses[:4].mean() - 0.2  # it learns the synthetic signal
 
 
@@ -105,8 +103,7 @@ def test_per_sample_rng_counts_two_draws_per_image():
     stage = load_stage("preprocessed")
     stage = dataclasses.replace(stage, loader=dataclasses.replace(stage.loader, rng="per_sample", workers=0))
     preset = load_preset("smoke")
-    result = train_stage(stage, preset, make_synthetic(300, 50), device=torch.device("cpu"), precision="fp32",
-                         channels_last=False, seed=0)
+    result, _ = train(stage, preset, make_synthetic(300, 50))
     assert [e.rng_calls for e in result.epochs] == [600, 600]
 
 
@@ -122,9 +119,10 @@ def test_nan_loss_fails_with_step_number(tmp_path, capsys):
 
 
 def test_ctrl_c_writes_an_interrupted_record(tmp_path, monkeypatch):
-    def interrupted(*args, result, **kwargs):
-        result.epochs.append(EpochRow(epoch=1, lr=0.1, train_loss=2.0, train_accuracy=0.1, test_loss=2.0,
-                                      test_accuracy=0.1, seconds=1.0, elapsed_seconds=1.0, phases={}, rng_calls=2))
+    def interrupted(stage, preset, data, seed, settings, hooks):
+        hooks.on_end(RunResult(epochs=(EpochRow(epoch=1, lr=0.1, train_loss=2.0, train_accuracy=0.1, test_loss=2.0,
+                                                test_accuracy=0.1, seconds=1.0, elapsed_seconds=1.0, phases={},
+                                                rng_calls=2),)))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(plan, "train_stage", interrupted)
@@ -160,7 +158,8 @@ def test_target_option_replaces_the_presets_target(tmp_path, capsys):
     (["--stage", "resnet9:fastest"], "unknown stage 'fastest' in range resnet9:fastest"),
     (["--ladder", "speedrun"], "unknown ladder 'speedrun'; valid ladders: post1, dawnbench, bag_of_tricks, airbench, records, all"),
     (["--data", "/nonexistent/cifar"], "no such file or directory"),
-    (["--preset", "huge"], "unknown preset 'huge'; valid presets: auto, cpu, full, loaderbound, narrow, smoke"),
+    (["--preset", "huge"], "unknown preset 'huge'; valid presets: auto, cpu, full, loaderbound, narrow, smoke; "
+                           "measurement presets: half, quarter, quarter_x2"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda, not 'tpu'"),
     (["--runs", "0"], "--runs must be at least 1"),
     (["--target", "94"], "--target is a fraction of the test set between 0 and 1, e.g. 0.905 for 90.5%; got 94 "

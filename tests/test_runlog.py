@@ -145,3 +145,57 @@ def test_append_holds_back_signals_until_the_line_is_written(tmp_path, monkeypat
     monkeypatch.undo()
     assert seen == ["written"]
     assert [r["value"] for r in read_records(tmp_path)] == [1]  # the whole line, then the interrupt
+
+
+def _git(repo, *args):
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def test_the_commit_is_the_working_tree_now_untracked_files_included(tmp_path):
+    """A record's commit is looked up when its run starts: a stage file edited or added since
+    the commit (even one git does not track yet) makes it -dirty; an ignored file does not."""
+    from repro.runlog import git_commit
+
+    repo, plain = tmp_path / "repo", tmp_path / "plain"
+    repo.mkdir()
+    plain.mkdir()
+    assert git_commit(plain) is None  # not a checkout
+    _git(repo, "init", "-q")
+    (repo / "final.toml").write_text('extends = "bulk_rng"\n')
+    (repo / ".gitignore").write_text("logs/\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "one")
+    clean = git_commit(repo)
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (repo / "logs").mkdir()
+    (repo / "logs" / "runs.jsonl").write_text("{}\n")
+    assert git_commit(repo) == clean  # ignored output is no change to the code
+    (repo / "mine.toml").write_text('extends = "tta"\n')
+    assert git_commit(repo) == clean + "-dirty"  # untracked, not ignored
+    (repo / "mine.toml").unlink()
+    (repo / "final.toml").write_text('extends = "preprocessed"\n')
+    assert git_commit(repo) == clean + "-dirty"
+
+
+def test_a_record_names_its_stage_and_preset_files_with_their_digests(tmp_path):
+    import hashlib
+
+    from repro.resnet import cli
+
+    mine = tmp_path / "mine"
+    (mine / "presets").mkdir(parents=True)
+    stage_text = 'extends = "final"\ndescription = "final, 3 epochs"\n[schedule]\nknots = [0, 1, 3]\nlrs = [0, 0.4, 0]\n'
+    (mine / "short.toml").write_text(stage_text)
+    (mine / "presets" / "tiny.toml").write_text("epochs = 1\nwidth_divisor = 16\ntrain_images = 64\n"
+                                               "test_images = 32\nchannels_last = false\n")
+    assert cli.main(["--config-dir", str(mine), "--stage", "short", "--preset", "tiny", "--data", "synthetic",
+                     "--quiet", "--log-dir", str(tmp_path / "logs")]) == 0
+    (rec,) = read_records(tmp_path / "logs")
+    files = rec["config_files"]
+    assert files[str(mine / "short.toml")] == hashlib.sha256(stage_text.encode()).hexdigest()[:16]
+    assert str(mine / "presets" / "tiny.toml") in files
+    # the built-in files it extends, by their place in the package
+    assert {"repro/configs/resnet/final.toml", "repro/configs/resnet/baseline.toml"} <= set(files)

@@ -14,7 +14,7 @@ from repro.devices import compiler_missing, measure_matmul_flops, peak_flops
 from repro.resnet import cli as resnet
 from repro.resnet.config import load_preset, load_stage
 from repro.resnet.train import build_stage_net, compile_for_shapes, loss_fn, make_optimizer
-from repro.devices import Precision
+from repro.devices import Amp
 from repro.runlog import read_records
 
 CPU = torch.device("cpu")
@@ -81,6 +81,28 @@ def test_without_a_compiler_compile_is_one_line_and_the_run_goes_on_eager(tmp_pa
     assert rec["status"] == "ok" and rec["compiled"] is False and rec["compile_seconds"] is None
 
 
+def test_compile_mode_is_checked_in_one_line_and_implies_compile(tmp_path, monkeypatch, capsys):
+    from repro.resnet.train import COMPILE_MODES, TrainSettings
+
+    assert resnet.main(["--stage", "final", *SMOKE, "--compile-mode", "fastest", "--log-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --compile-mode must be one of default, reduce-overhead, max-autotune, "
+                   "max-autotune-no-cudagraphs, not 'fastest'\n")
+    assert not (tmp_path / "runs.jsonl").exists()
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        TrainSettings(compile_mode="fastest")
+    assert TrainSettings(compile_mode="reduce-overhead").compile_net and not TrainSettings().compile_net
+    assert "reduce-overhead" in COMPILE_MODES
+    # without --compile, a mode still asks for torch.compile: here no compiler, so the one line and eager
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert resnet.main(["--stage", "final", *SMOKE, "--compile-mode", "reduce-overhead", "--log-dir",
+                        str(tmp_path)]) == 0
+    assert capsys.readouterr().err.startswith("warning: --compile: no C++ compiler found")
+    (rec,) = read_records(tmp_path)
+    assert rec["compiled"] is False and "compile_mode" not in rec
+
+
 def test_fused_sgd_is_the_same_update_as_torchs_loop():
     stage = load_stage("airbench94")  # two parameter groups, summed loss, Nesterov
     net = build_stage_net(stage, load_preset("smoke")).double()
@@ -107,7 +129,7 @@ def test_a_compiled_step_gives_the_eager_loss_and_gradients():
     torch.manual_seed(0)
     net = build_stage_net(stage, preset)
     eager = copy.deepcopy(net)
-    amp = Precision(CPU, "fp32")
+    amp = Amp(CPU, "fp32")
     before = copy.deepcopy(net.state_dict())
     compiled = compile_for_shapes(net, stage.optimizer, amp, CPU, False, train_sizes={32}, eval_sizes={16})
     for key, value in net.state_dict().items():  # the warm-up left weights and BN statistics as they were

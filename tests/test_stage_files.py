@@ -2,15 +2,11 @@
 one's own is one TOML file in a --config-dir. Plus the refactor's own check: the same seed
 trains every stage exactly as the code before the move did."""
 
-import dataclasses
 import json
 import math
-from pathlib import Path
 
 import pytest
-import torch
 
-from repro.data import SYNTHETIC, load_cifar10
 from repro.resnet import cli as resnet
 from repro.resnet import plan
 from repro.resnet.config import ConfigDirs, available_stages, load_preset, load_stage
@@ -65,8 +61,9 @@ def test_a_stage_of_ones_own_is_one_file_in_a_config_dir(tmp_path, capsys):
         'extends = "tta"\ndescription = "post 8\'s recipe with GELU"\n[net]\nactivation = "gelu"\n'
         '[source]\nchanges = ["net.activation"]\n')
     configs = ConfigDirs((mine,))
-    assert available_stages(configs)[-1] == "tta_gelu"  # after the built-in chain, which keeps its order
-    assert available_stages(configs)[:-1] == available_stages()
+    order = available_stages(configs)
+    assert order.index("tta_gelu") == order.index("tta") + 1  # right after the stage it extends
+    assert [name for name in order if name != "tta_gelu"] == available_stages()  # the built-ins keep their order
     stage = load_stage("tta_gelu", configs)
     assert stage.extends == "tta" and stage.net["activation"] == "gelu"
     assert stage.schedule == load_stage("tta").schedule  # everything else inherited from the built-in stage
@@ -78,6 +75,52 @@ def test_a_stage_of_ones_own_is_one_file_in_a_config_dir(tmp_path, capsys):
     capsys.readouterr()
     assert resnet.main(["--config-dir", str(mine), "--list"]) == 0
     assert "tta_gelu" in capsys.readouterr().out
+
+
+def _table_rows(text: str) -> list[str]:
+    """The first cell of every row of a rich table in ``text``."""
+    return [line.split("│")[1].strip() for line in text.splitlines()
+            if line.startswith("│") and line.split("│")[1].strip()]
+
+
+def test_a_users_stage_sits_after_the_stage_it_extends_with_its_source(tmp_path, capsys):
+    """--stage ema:mine takes the chain up to a user's stage; its row follows tta's in the
+    command's table, in --list and in the report (which reads the stage from the record's own
+    config: the report is given no --config-dir), each with the [source] the user wrote."""
+    from repro import report
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "mine.toml").write_text(
+        'extends = "tta"\ndescription = "tta with GELU"\n[net]\nactivation = "gelu"\n'
+        '[source]\nchanges = ["net.activation"]\nseconds = 12.5\naccuracy = 0.9\ntiming = "dawnbench"\n'
+        'hardware = "my laptop"\n')
+    logs = tmp_path / "logs"
+    assert resnet.main(["--config-dir", str(mine), "--stage", "ema:mine", *SMOKE, "--log-dir", str(logs)]) == 0
+    table = capsys.readouterr().out
+    assert [r["stage"] for r in read_records(logs)] == ["ema", "tta", "mine"]
+    assert _table_rows(table)[-3:] == ["ema", "tta", "mine"]
+    mine_row = next(line for line in table.splitlines() if line.startswith("│ mine "))
+    assert "12.5" in mine_row and "90.00%" in mine_row and "dawnbench" in mine_row
+    assert resnet.main(["--config-dir", str(mine), "--list"]) == 0
+    listed = _table_rows(capsys.readouterr().out)
+    assert listed.index("mine") == listed.index("tta") + 1
+    assert report.main(["--log-dir", str(logs), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    rows = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[-3:] == ["ema", "tta", "mine"]
+    assert "| 12.5 | 90.00% |" in next(line for line in md.splitlines() if line.startswith("| mine |"))
+
+
+def test_the_measurement_presets_load_by_name_and_list_apart(tmp_path, capsys):
+    for name, divisor in (("quarter", 4), ("half", 2), ("quarter_x2", 4)):
+        preset = load_preset(name)
+        assert preset.width_divisor == divisor and preset.train_images is None  # all 50k images
+    assert load_preset("quarter_x2").epoch_scale == 2 * load_preset("quarter").epoch_scale
+    assert resnet.main(["--list"]) == 0
+    presets_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("presets: "))
+    users, measuring = presets_line.split(";")
+    assert "half, quarter, quarter_x2" in measuring and "quarter" not in users and "cpu" in users
 
 
 def test_the_environment_variable_and_a_missing_dir(tmp_path, monkeypatch, capsys):
@@ -101,14 +144,14 @@ def test_the_progress_total_is_the_runs_own_step_count(monkeypatch, tmp_path):
     totals = []
     real = plan.train_stage
 
-    def train(*args, hooks, **kwargs):
+    def train(stage, preset, data, seed, settings, hooks):
         on_start = hooks.on_start
 
         def record_total(steps):
             totals.append(steps)
             on_start(steps)
         hooks.on_start = record_total
-        return real(*args, hooks=hooks, **kwargs)
+        return real(stage, preset, data, seed, settings, hooks)
 
     monkeypatch.setattr(plan, "train_stage", train)
     assert resnet.main(["--stage", "resnet9", *SMOKE, "--epochs", "1.5", "--log-dir", str(tmp_path)]) == 0

@@ -16,7 +16,8 @@ from repro.devices import PhaseTimer
 from repro.resnet import cli
 from repro.resnet import train as train_module
 from repro.resnet.config import ConfigDirs
-from repro.resnet.train import NonFiniteLoss, train_stage
+from repro.resnet.train import NonFiniteLoss
+from trajectories import train
 
 DATA = make_synthetic(256, 64, seed=0)
 
@@ -44,18 +45,21 @@ def _counting(monkeypatch) -> dict:
     return counts
 
 
-def _run(mode, stage="final", epochs=2, batch_size=32, precision="fp32"):
+def _run_with_losses(mode, stage="final", epochs=2, batch_size=32, precision="fp32"):
     preset = dataclasses.replace(load_preset("smoke"), epochs=epochs, train_images=256, test_images=64)
     st = dataclasses.replace(load_stage(stage), optimizer=dataclasses.replace(load_stage(stage).optimizer,
                                                                               batch_size=batch_size))
-    return train_stage(st, preset, DATA, device=torch.device("cpu"), precision=precision, channels_last=False, seed=5,
-                       phase_timing=mode)
+    return train(st, preset, DATA, 5, precision=precision, phase_timing=mode)
+
+
+def _run(*args, **kwargs):
+    return _run_with_losses(*args, **kwargs)[0]
 
 
 def test_both_modes_train_identically_on_cpu():
-    sync = _run("sync")
-    deferred = _run("deferred")
-    assert sync.step_losses == deferred.step_losses and len(sync.step_losses) == 16
+    sync, sync_losses = _run_with_losses("sync")
+    deferred, deferred_losses = _run_with_losses("deferred")
+    assert sync_losses == deferred_losses and len(sync_losses) == 16
     assert [e.test_accuracy for e in sync.epochs] == [e.test_accuracy for e in deferred.epochs]
     assert [e.train_loss for e in sync.epochs] == pytest.approx([e.train_loss for e in deferred.epochs])
     assert "serialise" in sync.phase_timing and "one synchronisation per epoch" in deferred.phase_timing
@@ -94,9 +98,10 @@ def test_the_cuda_default_reads_nothing_back_per_step_on_either_kind_of_gpu(monk
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(cli, "peak_flops", lambda device, precision, cache_dir=None: (1e12, True))
     options = cli.resolve_options(cli.parse_args(["--stage", "final"]), torch.device("cuda"), ConfigDirs())
-    assert (options.precision, options.phase_timing) == (precision, "deferred")
+    settings = options.settings
+    assert (settings.precision, settings.phase_timing) == (precision, "deferred")
     # bn_fp32: BN kept in fp32, as every stage from post 3 on (the scaler refuses fp16 BN weights unfused)
-    (syncs, reads), _ = _per_step(options.phase_timing, monkeypatch, precision=options.precision, stage="bn_fp32")
+    (syncs, reads), _ = _per_step(settings.phase_timing, monkeypatch, precision=settings.precision, stage="bn_fp32")
     assert syncs == 0 and reads == 0
 
 
@@ -117,7 +122,6 @@ def test_first_non_finite_step_is_named_in_both_modes(tmp_path, mode):
     failures = []
     for timing in ("sync", mode):
         with pytest.raises(NonFiniteLoss) as exc:
-            train_stage(load_stage(str(stage)), preset, DATA, device=torch.device("cpu"), precision="fp32",
-                        channels_last=False, seed=0, phase_timing=timing)
+            train(load_stage(str(stage)), preset, DATA, phase_timing=timing)
         failures.append(exc.value.step)
     assert failures[0] == failures[1] and failures[0] >= 1  # the same first bad step, read late or at once

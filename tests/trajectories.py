@@ -12,7 +12,6 @@ so over a smoke run's few steps the losses agree to ~1e-12 on every kind.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,16 +22,37 @@ HOW = ("python tests/trajectories.py: smoke preset, synthetic data (512/256, see
        "channels_last false, sync timing, torch's default threads")
 
 
+def train(stage, preset, data, seed: int = 0, **settings):
+    """(the run's result, its per-step mean losses): ``train_stage`` with ``TrainSettings(**settings)``
+    (default: CPU, fp32, NCHW, sync timing), the losses heard through ``Hooks.on_step_losses``."""
+    from repro.resnet.train import Hooks, TrainSettings, train_stage
+
+    losses: list[float] = []
+    result = train_stage(stage, preset, data, seed, TrainSettings(**settings), Hooks(on_step_losses=losses.extend))
+    return result, losses
+
+
+def recorded_choices(loader, method: str = "draw_epoch_choices") -> list:
+    """What ``loader.<method>()`` returns each epoch (its per-image augmentation choices), kept as
+    the loader draws them."""
+    seen, draw = [], getattr(loader, method)
+
+    def drawing():
+        seen.append(draw())
+        return seen[-1]
+
+    setattr(loader, method, drawing)
+    return seen
+
+
 def trajectory(stage: str) -> dict:
     from repro.data import SYNTHETIC, load_cifar10
     from repro.resnet.config import load_preset, load_stage
-    from repro.resnet.train import train_stage
 
     preset = load_preset("smoke")
     data = load_cifar10(SYNTHETIC, synthetic_sizes=(preset.train_images, preset.test_images), seed=0)
-    result = train_stage(load_stage(stage), preset, data, device=torch.device("cpu"), precision="fp64",
-                         channels_last=False, seed=0)
-    return {"step_losses": result.step_losses, "test_accuracy": [e.test_accuracy for e in result.epochs],
+    result, losses = train(load_stage(stage), preset, data, precision="fp64")
+    return {"step_losses": losses, "test_accuracy": [e.test_accuracy for e in result.epochs],
             "train_accuracy": [e.train_accuracy for e in result.epochs],
             "final_test_accuracy": result.test_accuracy}
 

@@ -77,6 +77,12 @@ def stage_reports(log_dir: str = "logs", records: list[dict] | None = None) -> d
     return out
 
 
+def ladder_column(records: list[dict]) -> tuple[str, dict[str, str]]:
+    """The ladder table's "LLM reported" column (entry point ``repro.ladder_columns``), judged on
+    ``records``: per stage, what each assistant reported with the audit's verdict."""
+    return "LLM reported", {stage: "; ".join(texts) for stage, texts in stage_reports(records=records).items()}
+
+
 def check(claim: Claim, ctx: Context) -> Result:
     start = time.perf_counter()
     try:

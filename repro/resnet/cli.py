@@ -30,7 +30,7 @@ from .config import (ConfigDirs, Preset, StageConfig, available_presets, availab
                      load_stage)
 from .ladder import check_target, target_help
 from .plan import DataParallel, Local, Plan, RunOptions, SeedsOverRanks, run_plan
-from .train import check_split_over_ranks
+from .train import COMPILE_MODES, TIMING_MODES, TrainSettings, check_precision, check_split_over_ranks
 
 SYNTHETIC_DEFAULT_SIZES = (5000, 1000)
 
@@ -71,13 +71,14 @@ def parse_args(argv):
                    help="run a named ladder instead of --stage: " + ", ".join(load_ladders()))
     p.add_argument("--list", action="store_true", help="list every stage with its source's time and accuracy, and exit")
     p.add_argument("--preset", default="auto",
-                   help=f"auto | {' | '.join(available_presets())} (default auto: full on CUDA, cpu otherwise)")
+                   help=f"auto | {' | '.join(available_presets())} (default auto: full on CUDA, cpu otherwise; "
+                        "--list says which only measure)")
     add_common_arguments(p)
     p.add_argument("--epochs", type=float, default=None,
                    help="train every stage this many epochs (default: the stage's own epochs x the preset's scale)")
     p.add_argument("--runs", type=int, default=1, help="runs per stage, seeds s, s+1, ... (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--phase-timing", default="auto", choices=("auto", "sync", "deferred"),
+    p.add_argument("--phase-timing", default="auto", choices=("auto", *TIMING_MODES),
                    help="sync: time every phase (on CUDA a synchronisation per phase, which removes the "
                         "loader/GPU overlap); deferred: statistics stay on the device, one synchronisation per "
                         "epoch; auto = deferred on CUDA, sync on a CPU (where both measure the same)")
@@ -88,6 +89,10 @@ def parse_args(argv):
                    help="train and evaluate torch.compile(net) (inductor; needs a C++ compiler on a CPU, Triton on "
                         "CUDA); its one-time compilation is timed apart as the compile phase and counted in every "
                         "clock. Without a compiler: one line, and the run goes on eager")
+    p.add_argument("--compile-mode", default=None, metavar="MODE",
+                   help=f"--compile with torch.compile's mode: {', '.join(COMPILE_MODES)} (default: default). "
+                        "reduce-overhead captures the step in CUDA graphs on a GPU (on a CPU it is default); the "
+                        "capture counts in the compile phase")
     p.add_argument("--target", type=float, default=None, help=target_help("the preset's target"))
     p.add_argument("--log-dir", default="logs", help="where runs.jsonl is appended (default logs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch rows")
@@ -106,6 +111,9 @@ def parse_args(argv):
     if args.eval_every < 1:
         raise UserError("--eval-every must be at least 1")
     check_target(args.target)
+    if args.compile_mode is not None and args.compile_mode not in COMPILE_MODES:
+        raise UserError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, not {args.compile_mode!r}")
+    args.compile = args.compile or args.compile_mode is not None
     if args.compile and args.ddp:
         raise UserError("--compile with --ddp is not supported: DistributedDataParallel re-wraps the net mid-run")
     return args
@@ -143,21 +151,25 @@ def select_stages(args, configs: ConfigDirs) -> list[str]:
 
 
 def print_stage_list(console: Console, configs: ConfigDirs) -> None:
-    table = Table(title="stages, in ladder order (each extends the one above)")
-    for col in ("stage", "epochs", "source s", "clock", "source acc", "what it changes"):
-        table.add_column(col, justify="left" if col in ("stage", "what it changes", "clock") else "right")
+    table = Table(title="stages, in ladder order (each extends the one above; a stage of your own follows the "
+                        "one it extends)")
+    for col in ("stage", "extends", "epochs", "source s", "clock", "source acc", "what it changes"):
+        table.add_column(col, justify="left" if col in ("stage", "extends", "what it changes", "clock") else "right")
     for name in available_stages(configs):
         try:
             st = load_stage(name, configs)
         except UserError as exc:  # e.g. the Muon stage on a torch without torch.optim.Muon: the others still list
-            table.add_row(name, "-", "-", "-", "-", f"cannot be loaded here: {exc}")
+            table.add_row(name, "-", "-", "-", "-", "-", f"cannot be loaded here: {exc}")
             continue
         src = st.source
-        table.add_row(name, f"{st.schedule.epochs:g}", f"{src.seconds:g}" if src.seconds else "-",
+        table.add_row(name, st.extends or "-", f"{st.schedule.epochs:g}", f"{src.seconds:g}" if src.seconds else "-",
                       f"{src.timing} ({src.hardware})", f"{100 * src.accuracy:.2f}%" if src.accuracy else "-",
                       st.description)
     console.print(table)
     console.print("ladders: " + "; ".join(f"{k} = {v[0]} … {v[-1]}" for k, v in load_ladders(configs).items()))
+    measuring = configs.measurement_presets()
+    console.print("presets: " + ", ".join(p for p in available_presets(configs) if p not in measuring)
+                  + "; measurement presets (the docs' measurements): " + ", ".join(measuring))
 
 
 def load_data(args, preset: Preset, synthetic_seed: int = 0) -> CifarArrays:
@@ -170,24 +182,27 @@ def load_data(args, preset: Preset, synthetic_seed: int = 0) -> CifarArrays:
     return data.subset(preset.train_images, preset.test_images, seed=0)
 
 
-def load_one_stage(args) -> tuple[StageConfig, Preset, torch.device, str, CifarArrays]:
+def load_one_stage(args) -> tuple[StageConfig, Preset, TrainSettings, CifarArrays]:
     """What the scripts that run one stage's steps need from ``add_common_arguments`` plus their
-    ``--stage`` and ``--preset``: the stage, its preset (``--channels-last`` applied), the device,
-    the precision ``auto`` means there, and the preset's data. Bad input is a ``UserError``."""
+    ``--stage`` and ``--preset``: the stage, its preset, the settings (the device, the precision
+    ``auto`` means there, ``--channels-last`` or the preset's) and the preset's data. Bad input is
+    a ``UserError``."""
     check_common_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = ConfigDirs.from_env(args.config_dir)
     stage, preset = load_stage(args.stage, configs), load_preset(args.preset, configs)
-    if args.channels_last is not None:
-        preset = replace(preset, channels_last=args.channels_last)
     device = resolve_device(args.device)
     precision, _ = choose_precision(args.precision, device)
-    return stage, preset, device, precision, load_data(args, preset)
+    check_precision(stage, precision)
+    settings = TrainSettings(device=device, precision=precision,
+                             channels_last=preset.channels_last if args.channels_last is None else args.channels_last)
+    return stage, preset, settings, load_data(args, preset)
 
 
 def resolve_options(args, device: torch.device, configs: ConfigDirs) -> RunOptions:
-    """The command line, decided once: what ``auto`` means here, the preset, the seeds."""
+    """The command line, decided once: what ``auto`` means here, the preset, the seeds (the
+    matmul rate is measured later, once the stages have passed their checks)."""
     precision, precision_reason = choose_precision(args.precision, device)
     preset, reason = choose_preset(args.preset, device, configs)
     if args.epochs is not None:
@@ -195,17 +210,17 @@ def resolve_options(args, device: torch.device, configs: ConfigDirs) -> RunOptio
     if args.target is not None:
         preset = replace(preset, target_accuracy=args.target)
     timing = args.phase_timing if args.phase_timing != "auto" else ("deferred" if device.type == "cuda" else "sync")
-    compile_net = args.compile
-    if compile_net and (missing := compiler_missing(device)):
+    compile_mode = (args.compile_mode or "default") if args.compile else None
+    if compile_mode and (missing := compiler_missing(device)):
         print(f"warning: --compile: {missing}; running eager", file=sys.stderr)
-        compile_net = False
-    peak, _ = peak_flops(device, precision, args.cache_dir)
-    return RunOptions(device=device, precision=precision, precision_reason=precision_reason, preset=preset,
-                      preset_reason=reason,
-                      eval_every=args.eval_every, compile_net=compile_net, peak_flops=peak,
-                      channels_last=preset.channels_last if args.channels_last is None else args.channels_last,
-                      phase_timing=timing, log_dir=Path(args.log_dir),
-                      seeds=tuple(range(args.seed, args.seed + args.runs)), show=not args.quiet)
+        compile_mode = None
+    settings = TrainSettings(
+        device=device, precision=precision, phase_timing=timing, eval_every=args.eval_every,
+        channels_last=preset.channels_last if args.channels_last is None else args.channels_last,
+        compile_mode=compile_mode)
+    return RunOptions(settings=settings, precision_reason=precision_reason, preset=preset, preset_reason=reason,
+                      log_dir=Path(args.log_dir), seeds=tuple(range(args.seed, args.seed + args.runs)),
+                      configs=configs, show=not args.quiet)
 
 
 @cli_main
@@ -233,14 +248,17 @@ def _main(args, console: Console, configs: ConfigDirs, ctx) -> int:
     if ctx is not None and not ctx.is_main:
         console.quiet = True  # ranks > 0 print nothing but errors (stderr)
     options = resolve_options(args, ctx.device if ctx is not None else resolve_device(args.device), configs)
+    settings = options.settings
     plan = Plan(tuple(load_stage(name, configs) for name in select_stages(args, configs)), options.seeds)
-    if options.precision == "fp16" and any(stage.optimizer.kind == "muon" for stage in plan.stages):
-        raise UserError("Muon stages run in bf16 or fp32, not fp16 (GradScaler steps torch optimizers only); "
-                        "use --precision bf16 or fp32")
+    for stage in plan.stages:
+        check_precision(stage, settings.precision)
     if args.ddp:  # every stage and the log dir are checked before any data is read
         for stage in plan.stages:
             check_split_over_ranks(stage, options.preset, ctx.world_size)
     runlog.check_log_dir(options.log_dir)
+    # the machine's matmul rate, measured (once per machine, then cached) only when the runs can go ahead
+    settings = replace(settings, peak_flops=peak_flops(settings.device, settings.precision, args.cache_dir)[0])
+    options = replace(options, settings=settings)
 
     if ctx is not None and ctx.local_rank != 0:
         distributed.barrier(ctx)  # one download / decode per node: local rank 0 first
@@ -252,7 +270,7 @@ def _main(args, console: Console, configs: ConfigDirs, ctx) -> int:
               else f"each stage's epochs x {preset.epoch_scale:g}")
     console.print(f"[bold]preset {preset.name}[/bold] ({options.preset_reason}): {epochs}, "
                   f"width /{preset.width_divisor}, {len(data.train_labels)} train / {len(data.test_labels)} test images")
-    console.print(f"device {options.device}, precision {options.precision}, channels_last {options.channels_last}, "
+    console.print(f"device {settings.device}, precision {settings.precision}, channels_last {settings.channels_last}, "
                   f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     console.print(f"data: {'[bold red]' if data.synthetic else ''}{data.source_label}{'[/]' if data.synthetic else ''}")
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import UserError
 from . import averaging, evaluation, loaders, muon, nets
+from .clocks import CLOCKS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,19 +40,12 @@ else:  # Python 3.10
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_DIR_ENV = "REPRO_CONFIG_DIR"
 
-# Which measured seconds each source's clock counts (``[source] timing``).
-# torch.compile's one-time work (--compile) counts on every clock: the sources had none to pay.
-CLOCKS = {
-    "blog": ("preprocessing", "compile", "training", "evaluation", "final_evaluation"),  # posts 1-4: test passes
-    "dawnbench": ("preprocessing", "compile", "training"),  # post 8: no validation
-    "airbench": ("preprocessing", "compile", "training", "final_evaluation"),  # whitening, training, final TTA
-}
-
 
 @dataclass(frozen=True)
 class ConfigDirs:
     """Where stage and preset files are looked for: ``user`` directories first, in order,
-    then ``builtin`` (whose ``resnet/`` holds the stages and ``presets/`` the presets)."""
+    then ``builtin`` (whose ``resnet/`` holds the stages, ``presets/`` the presets and
+    ``presets/measure/`` the measurement presets that docs/results.md's sections were run with)."""
 
     user: tuple[Path, ...] = ()
     builtin: Path = BUILTIN_DIR
@@ -78,10 +72,17 @@ class ConfigDirs:
         return {p.stem for p in (self.builtin / "resnet").glob("*.toml")}
 
     def preset_files(self) -> dict[str, Path]:
-        files = {p.stem: p for p in sorted((self.builtin / "presets").glob("*.toml"))}
+        """Every preset name and its file (the measurement presets too); a user's shadows a built-in."""
+        files = {p.stem: p for p in sorted((self.builtin / "presets" / "measure").glob("*.toml"))}
+        files.update({p.stem: p for p in sorted((self.builtin / "presets").glob("*.toml"))})
         for d in reversed(self.user):
             files.update({p.stem: p for p in sorted((d / "presets").glob("*.toml"))})
         return files
+
+    def measurement_presets(self) -> list[str]:
+        """The built-in presets that only measure (listed apart from the user presets)."""
+        files = self.preset_files()
+        return sorted(name for name, path in files.items() if path.parent.name == "measure")
 
 
 def _dirs(where: ConfigDirs | os.PathLike | None) -> ConfigDirs:
@@ -163,9 +164,9 @@ class LoaderSection:
 
 
 @dataclass(frozen=True)
-class PrecisionSection:
-    # post 3: BN weights and arithmetic in fp32 under reduced precision (the blog's fp16 model cast BN too)
-    bn_fp32: bool = False
+class BatchNormSection:
+    # post 3: BN weights and arithmetic kept in fp32 under autocast (the blog's fp16 model cast BN too)
+    keep_fp32: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ class Preset:
     test_images: int | None = None
     target_accuracy: float | None = None
     channels_last: bool = True
+    file: str | None = field(default=None, compare=False)  # where it was read from
 
     def epochs_for(self, stage: "StageConfig") -> float:
         return self.epochs if self.epochs is not None else stage.schedule.epochs * self.epoch_scale
@@ -220,17 +222,22 @@ class StageConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     loader: LoaderSection = field(default_factory=LoaderSection)
-    precision: PrecisionSection = field(default_factory=PrecisionSection)
+    batch_norm: BatchNormSection = field(default_factory=BatchNormSection)
     ema: EmaSection = field(default_factory=EmaSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     source: SourceSection = field(default_factory=SourceSection)
+    # the stage's file and the files it extends, nearest first (not part of the recipe)
+    files: tuple[str, ...] = field(default=(), compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The recipe: every section with every value (what a record keeps as ``config``)."""
+        recipe = dataclasses.asdict(self)
+        del recipe["files"]
+        return recipe
 
 
 _SECTIONS = {"schedule": ScheduleSection, "optimizer": OptimizerSection, "loader": LoaderSection,
-             "precision": PrecisionSection, "ema": EmaSection, "evaluation": EvaluationSection,
+             "batch_norm": BatchNormSection, "ema": EmaSection, "evaluation": EvaluationSection,
              "source": SourceSection}
 _NOT_INHERITED = ("source", "description")
 
@@ -276,7 +283,7 @@ def _check_value(where: str, key: str, value: Any, default: Any, strings: bool =
 
 def _typed(cls, values: dict[str, Any], where: str, section: str = ""):
     """Build dataclass ``cls`` from ``values``: unknown keys and wrong types are UserErrors."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "name"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("name", "file")}
     defaults = {name: getattr(cls(), name) for name in fields}
     choices = _choices()
     prefix = f"{section}." if section else ""
@@ -343,27 +350,37 @@ def _parent_of(path: Path) -> str | None:
     return parent
 
 
-def available_stages(where: ConfigDirs | os.PathLike | None = None) -> list[str]:
-    """Every stage, in ladder order: depth-first along the ``extends`` chain, the built-in
-    chain first, then the user's own stages (a stage whose parent is missing: last)."""
-    dirs = _dirs(where)
-    files = dirs.stage_files()
+def ladder_order(parents: dict[str, str | None], builtin: set[str]) -> list[str]:
+    """Stage names in ladder order, from each stage's ``extends`` (``parents``): depth-first
+    along the chain, a user's stage right after the stage it extends (before that stage's
+    built-in successors), a stage whose parent is unknown last."""
     children: dict[str | None, list[str]] = {}
-    for name, path in files.items():
-        children.setdefault(_parent_of(path), []).append(name)
-    builtin = dirs.builtin_stage_names()
+    for name in sorted(parents, key=lambda n: (n in builtin, n)):  # the user's first, then by name
+        children.setdefault(parents[name] if parents[name] in parents else None, []).append(name)
+    # at the top: the built-in chain's start, the user's own roots, then stages whose parent is unknown
+    roots = children.pop(None, [])
+    roots.sort(key=lambda n: (parents[n] is not None, n not in builtin))
     order: list[str] = []
 
-    def visit(parent, keep):
-        for child in children.get(parent, []):
-            if child not in order and keep(child):
-                order.append(child)
-                visit(child, keep)
+    def visit(names):
+        for name in names:
+            if name not in order:
+                order.append(name)
+                visit(children.get(name, []))
 
-    visit(None, builtin.__contains__)
-    for parent in [None] + list(order):  # the user's stages, after the built-in chain
-        visit(parent, lambda name: True)
-    return order + sorted(set(files) - set(order))
+    visit(roots)
+    return order
+
+
+def stage_parents(where: ConfigDirs | os.PathLike | None = None) -> dict[str, str | None]:
+    """Every stage and the stage it extends (None for the first)."""
+    return {name: _parent_of(path) for name, path in _dirs(where).stage_files().items()}
+
+
+def available_stages(where: ConfigDirs | os.PathLike | None = None) -> list[str]:
+    """Every stage, in ladder order (``ladder_order``)."""
+    dirs = _dirs(where)
+    return ladder_order(stage_parents(dirs), dirs.builtin_stage_names())
 
 
 def available_presets(where: ConfigDirs | os.PathLike | None = None) -> list[str]:
@@ -383,19 +400,20 @@ def _stage_path(name_or_path: str, dirs: ConfigDirs) -> Path:
     return path
 
 
-def _resolve(name_or_path: str, dirs: ConfigDirs, seen: tuple[str, ...] = ()) -> tuple[dict, str]:
+def _resolve(name_or_path: str, dirs: ConfigDirs, seen: tuple[str, ...] = ()) -> tuple[dict, tuple[str, ...]]:
+    """The stage's table merged along its ``extends`` chain, and the chain's files, nearest first."""
     path = _stage_path(name_or_path, dirs)
     if str(path) in seen:
         raise UserError(f"{path}: 'extends' forms a cycle")
     raw = _read_toml(path)
     parent = raw.get("extends")
     if parent is None:
-        return raw, str(path)
+        return raw, (str(path),)
     if not isinstance(parent, str):
         raise UserError(f"{path}: extends must be a stage name")
-    base, _ = _resolve(parent, dirs, seen + (str(path),))
+    base, chain = _resolve(parent, dirs, seen + (str(path),))
     base = {k: v for k, v in base.items() if k not in _NOT_INHERITED}
-    return _merge(base, raw), str(path)
+    return _merge(base, raw), (str(path),) + chain
 
 
 def _check_stage(stage: StageConfig, where: str) -> None:
@@ -444,7 +462,8 @@ def load_stage(name_or_path: str, where: ConfigDirs | os.PathLike | None = None)
     """The stage named (or the .toml file at a path), resolved along its ``extends`` chain and
     checked: any mistake is one UserError naming the file."""
     dirs = _dirs(where)
-    raw, path = _resolve(name_or_path, dirs)
+    raw, files = _resolve(name_or_path, dirs)
+    path = files[0]
     sections: dict[str, Any] = {}
     for key, value in raw.items():
         if key in ("description", "extends"):
@@ -456,7 +475,7 @@ def load_stage(name_or_path: str, where: ConfigDirs | os.PathLike | None = None)
             raise UserError(f"{path}: [{key}] must be a table")
         sections[key] = _typed_net(value, path) if key == "net" else _typed(_SECTIONS[key], value, path, key)
     stage = StageConfig(name=Path(name_or_path).stem, description=str(raw.get("description", "")),
-                        extends=raw.get("extends"), **sections)
+                        extends=raw.get("extends"), files=files, **sections)
     _check_stage(stage, path)
     return stage
 
@@ -465,13 +484,16 @@ def load_preset(name: str, where: ConfigDirs | os.PathLike | None = None) -> Pre
     dirs = _dirs(where)
     path = dirs.preset_files().get(name)
     if path is None:
-        raise UserError(f"unknown preset {name!r}; valid presets: auto, {', '.join(available_presets(dirs))}")
+        measuring = dirs.measurement_presets()
+        presets = [p for p in available_presets(dirs) if p not in measuring]
+        raise UserError(f"unknown preset {name!r}; valid presets: auto, {', '.join(presets)}"
+                        + (f"; measurement presets: {', '.join(measuring)}" if measuring else ""))
     preset = _typed(Preset, _read_toml(path), str(path))
     if preset.width_divisor < 1 or preset.epoch_scale <= 0 or (preset.epochs is not None and preset.epochs <= 0):
         raise UserError(f"{path}: epochs and epoch_scale must be > 0 and width_divisor >= 1")
     if any(n is not None and n < 1 for n in (preset.train_images, preset.test_images)):
         raise UserError(f"{path}: train_images and test_images must be >= 1 (leave them out for all images)")
-    return dataclasses.replace(preset, name=name)
+    return dataclasses.replace(preset, name=name, file=str(path))
 
 
 def load_ladders(where: ConfigDirs | os.PathLike | None = None) -> dict[str, list[str]]:

@@ -3,7 +3,8 @@ runs), the source's numbers beside them, ratios to the first stage, runs reachin
 and Welch t-tests against the previous stage.
 
 The CLI table (``repro.resnet``), the report (``repro.report``) and the rn-* claims all read
-ladders through this module, so a ratio means the same thing everywhere.
+ladders through this module, so a ratio means the same thing everywhere. Other packages may add
+columns to the table (``extra_columns``): the claims audit adds what LLM assistants reported.
 
 Measured seconds are taken on the same clock as the source's (``[source] timing``): the blog's
 posts 1-4 counted every epoch's test pass, DAWNBench (post 8) counted no validation, airbench
@@ -15,9 +16,15 @@ from __future__ import annotations
 import statistics
 import warnings
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 
 from ..errors import UserError
-from .config import CLOCKS, StageConfig, available_stages, load_stage
+from .config import ConfigDirs, SourceSection, StageConfig, ladder_order, load_stage, stage_parents
+from .records import LoggedRun, logged_runs
+
+# entry points of this group add a column to the ladder table: each is a function taking every
+# record of the logs (dicts) and returning (column title, {stage: text})
+COLUMNS_GROUP = "repro.ladder_columns"
 
 
 def target_help(default: str) -> str:
@@ -35,42 +42,9 @@ def check_target(target: float | None, option: str = "--target") -> float | None
     return target
 
 
-def measured_seconds(record: dict, timing: str = "blog") -> float:
-    """The record's seconds on ``timing``'s clock (records from before clocks were kept: the total)."""
-    by_timing = record.get("seconds_by_timing") or {}
-    return float(by_timing.get(timing, record["total_seconds"]))
-
-
-def target_epoch(record: dict, target: float | None = None) -> int | None:
-    """The first epoch whose test pass reached ``target``: the record's own ``target_epoch`` when
-    ``target`` is the one the run was made with (or the record names none), else read from the
-    per-epoch test accuracies (a report's ``--target``)."""
-    own = record.get("target_accuracy")
-    if target is None or own is None or target == own:
-        return record.get("target_epoch")
-    return next((e["epoch"] for e in record.get("epochs") or []
-                 if e.get("test_accuracy") is not None and e["test_accuracy"] >= target), None)
-
-
-def seconds_to_target(record: dict, timing: str, target: float | None = None) -> float | None:
-    """Seconds on ``timing``'s clock at the end of the epoch whose test pass first reached the
-    target (the run's own, or ``target``; None if none did): the run's preparation and compilation,
-    the training of every epoch up to it, and its test passes where the clock counts them. Records
-    without per-epoch phases give the suite clock's ``target_seconds``."""
-    epoch = target_epoch(record, target)
-    if epoch is None:
-        return None
-    rows = record.get("epochs") or []
-    if not all(isinstance(e.get("phases"), dict) for e in rows[:epoch]) or len(rows) < epoch:
-        return record.get("target_seconds") if epoch == record.get("target_epoch") else None
-    counted = CLOCKS.get(timing, CLOCKS["blog"])
-    phases = record.get("phases") or {}
-    seconds = sum(phases.get(p, 0.0) for p in ("preprocessing", "compile") if p in counted)
-    for e in rows[:epoch]:
-        seconds += sum(e["phases"].get(p, 0.0) for p in ("data_wait", "forward_backward", "optimizer_step"))
-        if "evaluation" in counted:
-            seconds += e["phases"].get("evaluation", 0.0)
-    return seconds
+def seconds_to_target(record, clock: str, target: float | None = None) -> float | None:
+    """``LoggedRun.seconds_to_target`` of a record (a dict as logged, or a LoggedRun)."""
+    return LoggedRun.from_dict(record).seconds_to_target(clock, target)
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -150,44 +124,60 @@ class StageRow:
         return _mean_std(self.accuracy)
 
 
-def _stage_config(name: str) -> StageConfig | None:
+def _stage_of(name: str, runs: list[LoggedRun], configs: ConfigDirs | None) -> tuple[str, SourceSection | None]:
+    """A stage's description and ``[source]``: from its file (``configs``: the built-in and the
+    user's directories), else from the runs' own recorded config (a user's stage, or a renamed one)."""
     try:
-        return load_stage(name)
-    except Exception:  # noqa: BLE001 (a record of a custom or since-renamed stage still shows)
-        return None
+        stage: StageConfig = load_stage(name, configs)
+        return stage.description, stage.source
+    except UserError:
+        pass
+    config = next((r.config for r in runs if r.config), None)
+    if not config:
+        return "", None
+    known = {f for f in SourceSection.__dataclass_fields__}
+    source = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.get("source") or {}).items() if k in known}
+    return str(config.get("description", "")), SourceSection(**source)
 
 
-def group_by_stage(records: list[dict]) -> dict[tuple[str, bool], list[dict]]:
-    """ok records per (stage, trained through torch.compile), stages in ladder order, each stage's
-    eager runs before its compiled ones (unknown stages last, in log order). Compiled runs are kept
-    apart: their clock counts the compilation, so averaging them with eager runs would describe neither."""
-    order = {s: i for i, s in enumerate(available_stages())}
-    groups: dict[tuple[str, bool], list[dict]] = {}
-    for rec in records:
-        if rec.get("status", "ok") == "ok" and rec.get("total_seconds") is not None:
-            groups.setdefault((rec["stage"], bool(rec.get("compiled"))), []).append(rec)
+def group_by_stage(runs: list[LoggedRun], configs: ConfigDirs | None = None) -> dict[tuple[str, bool], list[LoggedRun]]:
+    """Measured runs per (stage, trained through torch.compile), in ladder order: a stage whose
+    file is not found (a user's, recorded with its config) sits after the stage it extends;
+    each stage's eager runs before its compiled ones. Compiled runs are kept apart: their clock
+    counts the compilation, so averaging them with eager runs would describe neither."""
+    dirs = configs or ConfigDirs.from_env()
+    parents = stage_parents(dirs)
+    for run in runs:
+        if run.stage not in parents:
+            parents[run.stage] = (run.config or {}).get("extends")
+    order = {name: i for i, name in enumerate(ladder_order(parents, dirs.builtin_stage_names()))}
+    groups: dict[tuple[str, bool], list[LoggedRun]] = {}
+    for run in runs:
+        if run.measured:
+            groups.setdefault((run.stage, run.compiled), []).append(run)
     return dict(sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][1])))
 
 
-def ladder_rows(records: list[dict], target: float | None = None) -> list[StageRow]:
+def ladder_rows(records, target: float | None = None, configs: ConfigDirs | None = None) -> list[StageRow]:
+    """One row per stage (and per compiled variant) of ``records`` (dicts as logged, or
+    LoggedRuns); ``configs`` says where stage files are looked for (default: the environment's)."""
     rows: list[StageRow] = []
-    for (stage, compiled), recs in group_by_stage(records).items():
-        config = _stage_config(stage)
-        source = config.source if config else None
+    for (stage, compiled), runs in group_by_stage(logged_runs(records), configs).items():
+        description, source = _stage_of(stage, runs, configs)
         timing = source.timing if source else "blog"
-        accs = [r["test_accuracy"] for r in recs if r.get("test_accuracy") is not None]
+        accs = [r.test_accuracy for r in runs if r.test_accuracy is not None]
         row = StageRow(
-            stage=stage, compiled=compiled, description=config.description if config else "", timing=timing,
-            seconds=[measured_seconds(r, timing) for r in recs], accuracy=accs,
-            total_seconds=[r["total_seconds"] for r in recs],
-            source_seconds=source.seconds if source else recs[0].get("blog_seconds"),
+            stage=stage, compiled=compiled, description=description, timing=timing,
+            seconds=[r.seconds_on(timing) for r in runs], accuracy=accs,
+            total_seconds=[r.total_seconds for r in runs],
+            source_seconds=source.seconds if source else runs[0].blog_seconds,
             source_accuracy=source.accuracy if source else None, source_note=source.note if source else "",
-            accuracy_no_tta=[r["test_accuracy_no_tta"] for r in recs if r.get("test_accuracy_no_tta") is not None],
-            target_seconds=[s for r in recs if (s := seconds_to_target(r, timing, target)) is not None],
-            target_recorded=all("target_epoch" in r for r in recs),
-            flops=statistics.fmean(r["train_flops"] for r in recs) if all(r.get("train_flops") for r in recs) else None,
-            epoch_seconds=[statistics.fmean(e["seconds"] for e in r["epochs"]) for r in recs if r.get("epochs")],
-            utilisation=[r["utilisation"] for r in recs if r.get("utilisation") is not None],
+            accuracy_no_tta=[r.test_accuracy_no_tta for r in runs if r.test_accuracy_no_tta is not None],
+            target_seconds=[s for r in runs if (s := r.seconds_to_target(timing, target)) is not None],
+            target_recorded=all("target_epoch" in r.raw for r in runs),
+            flops=statistics.fmean(r.train_flops for r in runs) if all(r.train_flops for r in runs) else None,
+            epoch_seconds=[statistics.fmean(e.seconds for e in r.epochs) for r in runs if r.epochs],
+            utilisation=[r.utilisation for r in runs if r.utilisation is not None],
         )
         if target is not None:
             row.reached = sum(a >= target for a in accs)
@@ -211,6 +201,18 @@ def ladder_rows(records: list[dict], target: float | None = None) -> list[StageR
     return rows
 
 
+def extra_columns(records: list[dict]) -> dict[str, dict[str, str]]:
+    """The columns other installed packages add to the ladder table (entry point group
+    ``repro.ladder_columns``), judged on ``records`` (every record of the logs shown): title ->
+    {stage: text}. The claims audit's "LLM reported" column comes this way, so this package
+    imports nothing of the audit's."""
+    columns = {}
+    for entry in sorted(entry_points(group=COLUMNS_GROUP), key=lambda e: e.name):
+        title, cells = entry.load()(records)
+        columns[title] = cells
+    return columns
+
+
 def fmt_mean_std(values: list[float], scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
     mean, std = _mean_std([v * scale for v in values])
     if mean is None:
@@ -224,9 +226,10 @@ def fmt_p(p: float | None) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def table_cells(row: StageRow, target: float | None, llm: dict[str, list[str]] | None = None) -> dict[str, str]:
-    """One row as text cells, shared by the terminal table and the markdown report. ``llm``: per
-    stage, what LLM assistants reported for it with the audit's verdict (``repro.claims.stage_reports``)."""
+def table_cells(row: StageRow, target: float | None, columns: dict[str, dict[str, str]] | None = None
+                ) -> dict[str, str]:
+    """One row as text cells, shared by the terminal table and the markdown report; ``columns``:
+    the ``extra_columns`` (title -> {stage: text})."""
     cells = {"stage": row.label, "runs": str(row.runs)}
     if target is not None:  # the headline: when each stage first reached the target, beside the source's ratio
         cells["to target s"] = ("-" if not row.target_recorded else fmt_mean_std(row.target_seconds)
@@ -252,17 +255,17 @@ def table_cells(row: StageRow, target: float | None, llm: dict[str, list[str]] |
         cells["p(>target)"] = fmt_p(row.p_target)
     else:
         cells["source ÷first"] = f"{row.source_ratio:.3f}" if row.source_ratio is not None else "-"
-    if llm is not None:
-        cells["LLM reported"] = "; ".join(llm.get(row.stage, [])) or "-"
+    for title, by_stage in (columns or {}).items():
+        cells[title] = by_stage.get(row.stage) or "-"
     return cells
 
 
-def rich_table(records: list[dict], target: float | None, title: str, llm: dict[str, list[str]] | None = None):
+def rich_table(rows: list[StageRow], target: float | None, title: str,
+               columns: dict[str, dict[str, str]] | None = None):
     from rich.table import Table
 
-    rows = ladder_rows(records, target)
     table = Table(title=title)
-    cells = [table_cells(r, target, llm) for r in rows]
+    cells = [table_cells(r, target, columns) for r in rows]
     for col in (cells[0] if cells else {}):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for c in cells:
@@ -270,8 +273,9 @@ def rich_table(records: list[dict], target: float | None, title: str, llm: dict[
     return table
 
 
-def markdown_table(records: list[dict], target: float | None, llm: dict[str, list[str]] | None = None) -> list[str]:
-    cells = [table_cells(r, target, llm) for r in ladder_rows(records, target)]
+def markdown_table(rows: list[StageRow], target: float | None,
+                   columns: dict[str, dict[str, str]] | None = None) -> list[str]:
+    cells = [table_cells(r, target, columns) for r in rows]
     if not cells:
         return []
     head = list(cells[0])

@@ -14,42 +14,37 @@ at the end (``gather``); ``run_plan`` is the same loop for all of them.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import runlog
-from ..claims import stage_reports
 from ..data import CifarArrays
 from ..errors import EXIT_USER_ERROR, UserError, interrupt_exit_code, interrupt_message
 from . import distributed
-from .config import Preset, StageConfig, run_epochs
-from .ladder import ladder_rows, rich_table
+from .clocks import PHASES
+from .config import ConfigDirs, Preset, StageConfig, run_epochs
+from .ladder import extra_columns, ladder_rows, rich_table
 from .loaders import Shard
-from .records import PHASES, EpochRow, RunRecord, RunResult
-from .train import Hooks, NonFiniteLoss, train_stage
+from .records import EpochRow, LoggedRun, RunRecord, RunResult
+from .train import Hooks, NonFiniteLoss, TrainSettings, train_stage
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Everything the command line decided, resolved once."""
+    """Everything the command line decided, resolved once: how each run trains (``settings``),
+    and the rest of the command."""
 
-    device: torch.device
-    precision: str
+    settings: TrainSettings
     precision_reason: str
     preset: Preset
     preset_reason: str
-    channels_last: bool
-    phase_timing: str
     log_dir: Path
     seeds: tuple[int, ...]
+    configs: ConfigDirs = ConfigDirs()
     show: bool = True
-    eval_every: int = 1
-    compile_net: bool = False
-    peak_flops: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,7 @@ class Local:
 
     log_dir: Path
     shard: Shard = Shard()
-    records: list[dict] = field(default_factory=list)
+    records: list[LoggedRun] = field(default_factory=list)
     is_main: bool = True
     source: str = ""  # where the records came from, for the command's last line
 
@@ -83,11 +78,13 @@ class Local:
     def alive(self) -> None:
         """Training made progress (a step, an epoch): nobody is watching in one process."""
 
-    def keep(self, record: dict) -> None:
-        runlog.append_record(record, self.log_dir)
-        self.records.append(record)
+    def keep(self, record: RunRecord) -> None:
+        written = record.to_dict()
+        if self.is_main:
+            runlog.append_record(written, self.log_dir)
+        self.records.append(LoggedRun.from_dict(written))
 
-    def gather(self, plan: Plan, outcome: str, interrupted: bool) -> tuple[list[dict], list[str]]:
+    def gather(self, plan: Plan, outcome: str, interrupted: bool) -> tuple[list[LoggedRun], list[str]]:
         return self.records, []
 
 
@@ -100,13 +97,11 @@ class DataParallel(Local):
     def __post_init__(self):
         self.shard, self.is_main = Shard(self.ctx.rank, self.ctx.world_size), self.ctx.is_main
 
-    def keep(self, record: dict) -> None:
-        record["ddp_ranks"] = self.ctx.world_size
-        if self.is_main:
-            runlog.append_record(record, self.log_dir)
-        self.records.append(record)
+    def keep(self, record: RunRecord) -> None:
+        record.ddp_ranks = self.ctx.world_size
+        super().keep(record)
 
-    def gather(self, plan: Plan, outcome: str, interrupted: bool) -> tuple[list[dict], list[str]]:
+    def gather(self, plan: Plan, outcome: str, interrupted: bool) -> tuple[list[LoggedRun], list[str]]:
         if outcome == "ok":
             distributed.barrier(self.ctx)  # no rank tears the group down while another still uses it
         return self.records, []
@@ -135,11 +130,11 @@ class SeedsOverRanks:
     def alive(self) -> None:
         distributed.beat(self.ctx)  # rank 0 gives up on a rank whose training stops moving
 
-    def keep(self, record: dict) -> None:
-        record.update(rank=self.ctx.rank, world_size=self.ctx.world_size)
-        self.reporter.finished(record)
+    def keep(self, record: RunRecord) -> None:
+        record.rank, record.world_size = self.ctx.rank, self.ctx.world_size
+        self.reporter.finished(record.to_dict())
 
-    def gather(self, plan: Plan, outcome: str, interrupted: bool) -> tuple[list[dict], list[str]]:
+    def gather(self, plan: Plan, outcome: str, interrupted: bool) -> tuple[list[LoggedRun], list[str]]:
         self.reporter.done(outcome)
         if not self.is_main:
             distributed.wait_collected(self.ctx)
@@ -155,7 +150,7 @@ class SeedsOverRanks:
         for record in records:
             runlog.append_record(record, self.log_dir)
         distributed.mark_collected(self.ctx)
-        return records, errors
+        return [LoggedRun.from_dict(r) for r in records], errors
 
 
 # ---- one run
@@ -175,24 +170,28 @@ def epoch_line(stage: str, row: EpochRow) -> str:
 
 
 def new_record(stage: StageConfig, seed: int, options: RunOptions, data: CifarArrays, group_id: str) -> RunRecord:
-    preset = options.preset
+    """The record of a run about to start: its header (time, the checkout's commit now), what
+    runs, and the stage and preset files it was read from with their digests."""
+    preset, settings = options.preset, options.settings
     return RunRecord(
         stage=stage.name, seed=seed, group_id=group_id, preset=preset.name, preset_reason=options.preset_reason,
-        device=str(options.device), precision=options.precision, precision_reason=options.precision_reason,
-        channels_last=options.channels_last,
+        device=str(settings.device), precision=settings.precision, precision_reason=options.precision_reason,
+        channels_last=settings.channels_last,
         data_source=data.source_label, synthetic=data.synthetic, train_images=int(len(data.train_labels)),
         test_images=int(len(data.test_labels)), width_divisor=preset.width_divisor,
         epochs_planned=run_epochs(preset, stage), blog_seconds=stage.source.seconds,
-        target_accuracy=preset.target_accuracy, config=stage.as_dict(), eval_every=options.eval_every,
-        compiled=options.compile_net)
+        target_accuracy=preset.target_accuracy, config=stage.as_dict(),
+        config_files=runlog.file_digests(stage.files + ((preset.file,) if preset.file else ())),
+        eval_every=settings.eval_every, compiled=settings.compile_net, compile_mode=settings.compile_mode)
 
 
 def run_one(stage: StageConfig, seed: int, options: RunOptions, data: CifarArrays, *, group_id: str,
-            console: Console, execution) -> dict:
+            console: Console, execution) -> None:
     """Train ``stage`` once with ``seed`` and hand its record to ``execution.keep``, whatever
     happens; a failed run raises UserError after its record is kept."""
     record = new_record(stage, seed, options, data, group_id)
     shard = execution.shard
+    settings = replace(options.settings, shard=shard)
     bar = _progress(console, options.show and console.is_terminal)
     task = bar.add_task(f"{stage.name} seed {seed}", total=None)
     def on_epoch(row):
@@ -204,18 +203,18 @@ def run_one(stage: StageConfig, seed: int, options: RunOptions, data: CifarArray
         execution.alive()
         bar.update(task, completed=steps_done)
 
+    def on_end(result: RunResult):
+        record.result = result
+
     hooks = Hooks(on_start=lambda steps: execution.alive() or bar.update(task, total=steps), on_step=on_step,
-                  on_epoch=on_epoch)
+                  on_epoch=on_epoch, on_end=on_end)
     interruption = None
     try:
         with bar:
-            train_stage(stage, options.preset, data, device=options.device, precision=options.precision,
-                        channels_last=options.channels_last, seed=seed, phase_timing=options.phase_timing,
-                        shard=shard, result=record.result, hooks=hooks, eval_every=options.eval_every,
-                        compile_net=options.compile_net, peak_flops=options.peak_flops)
+            train_stage(stage, options.preset, data, seed, settings, hooks)
         record.status = "ok"
     except NonFiniteLoss as exc:
-        record.status, record.error, record.result.failed_step = "failed", str(exc), exc.step
+        record.status, record.error, record.failed_step = "failed", str(exc), exc.step
     except RuntimeError as exc:  # under --ddp: a collective failed, because another rank died or hung
         if shard.world_size == 1:
             raise
@@ -226,13 +225,12 @@ def run_one(stage: StageConfig, seed: int, options: RunOptions, data: CifarArray
     finally:
         if record.status == "running":  # an unexpected exception: still recorded
             record.status = "failed"
-        as_dict = record.to_dict()
-        execution.keep(as_dict)
+        execution.keep(record)
     if interruption is not None:
         raise interruption
     if record.status == "failed":
-        raise UserError(f"stage {stage.name} seed {seed}: {record.error}; record {as_dict['run_id']} written as failed")
-    return as_dict
+        raise UserError(f"stage {stage.name} seed {seed}: {record.error}; record {record.header['run_id']} "
+                        "written as failed")
 
 
 # ---- the plan, and the end of the command
@@ -265,24 +263,26 @@ def run_plan(plan: Plan, options: RunOptions, data: CifarArrays, *, execution, g
                           source=execution.source)
 
 
-def ladder_title(records: list[dict]) -> str:
+def ladder_title(records: list[LoggedRun]) -> str:
     first = records[0]
-    hw = first.get("hardware") or {}
+    hw = first.hardware
     where = hw.get("gpu") or f"{hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores"
-    return (f"ladder, preset {first['preset']}, {first['device']} ({where}), precision {first['precision']}, "
-            f"data: {first['data_source']}; seconds on each source's clock, p-values against the stage above")
+    return (f"ladder, preset {first.preset}, {first.device} ({where}), precision {first.precision}, "
+            f"data: {first.data_source}; seconds on each source's clock, p-values against the stage above")
 
 
-def finish_command(records: list[dict], errors: list[str], options: RunOptions, data: CifarArrays,
+def finish_command(records: list[LoggedRun], errors: list[str], options: RunOptions, data: CifarArrays,
                    console: Console, *, interruption=None, failure: str | None = None, source: str = "") -> int:
-    """The end of every command: the ladder table, the SYNTHETIC warning, where the records
-    went, one error line per failed run or lost rank; the exit status."""
-    ok = [r for r in records if r.get("status") == "ok"]
+    """The end of every command: the ladder table (with the columns other packages add, judged
+    on the whole log), the SYNTHETIC warning, where the records went, one error line per failed
+    run or lost rank; the exit status."""
+    ok = [r for r in records if r.status == "ok"]
     if ok:
-        llm = stage_reports(options.log_dir)  # what LLM assistants reported per stage, with the audit's verdicts
         target = options.preset.target_accuracy
-        console.print(rich_table(ok, target, ladder_title(ok), llm))
-        for row in ladder_rows(ok, target) if target is not None else []:
+        rows = ladder_rows(ok, target, options.configs)
+        columns = extra_columns(runlog.read_records(options.log_dir))
+        console.print(rich_table(rows, target, ladder_title(ok), columns))
+        for row in rows if target is not None else []:
             if row.target_recorded and not row.reached_all:
                 console.print(f"[yellow]warning[/yellow]: {row.label} reached the preset's target {100 * target:g}% "
                               f"in {len(row.target_seconds)} of {row.runs} run(s) (best "
@@ -293,11 +293,11 @@ def finish_command(records: list[dict], errors: list[str], options: RunOptions, 
         console.print(f"{len(records)} records{source} appended to {runlog.log_path(options.log_dir)}")
     reported = set()
     for r in records:
-        if r.get("status") == "failed":
-            line = (f"{r['stage']} seed {r['seed']}" + (f" (rank {r['rank']})" if "rank" in r else "")
-                    + ": failed" + (f": {r['error']}" if r.get("error") else ""))
-            reported.add((r["stage"], r["seed"]))
-            print(f"error: {line}; record {r['run_id']} written as failed", file=sys.stderr)
+        if r.status == "failed":
+            line = (f"{r.stage} seed {r.seed}" + (f" (rank {r.rank})" if r.rank is not None else "")
+                    + ": failed" + (f": {r.error}" if r.error else ""))
+            reported.add((r.stage, r.seed))
+            print(f"error: {line}; record {r.run_id} written as failed", file=sys.stderr)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     if failure and not reported:

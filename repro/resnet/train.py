@@ -3,8 +3,10 @@ schedule, the loss, the parameter groups, the loader, weight averaging and TTA; 
 branches on the stage name.
 
 A run is ``prepare`` (net, loader, whitening, optimiser, the untimed warm-up step) ->
-``run_epoch`` once per epoch -> ``finish`` (the final TTA pass, the clocks, FLOPs);
-``train_stage`` strings them together. What it measures goes into a ``records.RunResult``."""
+``run_epoch`` once per epoch -> ``final_evaluation`` (the TTA pass, for stages with one) ->
+``finish``, which builds the run's ``records.RunResult`` once from what the epochs measured;
+``train_stage`` strings them together. How a run is carried out (device, precision, timing,
+...) is one frozen ``TrainSettings``, the same for every stage of a command."""
 
 from __future__ import annotations
 
@@ -18,18 +20,63 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import CifarArrays
-from ..devices import PhaseTimer, Precision
+from ..devices import Amp, PhaseTimer
 from ..errors import UserError, signals_deferred
 from . import loaders
 from .averaging import WeightAverage
-from .config import CLOCKS, OptimizerSection, Preset, StageConfig, run_epochs, total_steps
+from .clocks import CLOCKS, FINAL, PHASES, seconds_on, training_seconds
+from .config import OptimizerSection, Preset, StageConfig, run_epochs, total_steps
 from .evaluation import evaluate
 from .loaders import Shard, batch_sizes, eval_batches, make_train_loader, normalise_transpose
 from .muon import FilterMuon
 from .nets import PatchWhitening, batch_norm_over_ranks, build_net, fit_whitening
-from .records import PHASES, EpochRow, RunResult
+from .records import EpochRow, RunResult
 
-TIMING_MODES = ("sync", "deferred")
+# torch.compile's modes (--compile-mode): "reduce-overhead" adds CUDA graphs (a CPU has none to
+# add), "max-autotune" also benchmarks kernel choices while compiling
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+# --phase-timing, and what its per-phase seconds mean (said in every record)
+TIMING_MODES = {
+    "sync": "sync (per-phase seconds of a CUDA run serialise the loader with the GPU)",
+    "deferred": "deferred (one synchronisation per epoch; per-phase seconds on CUDA are host launch times)",
+}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a run is carried out, whatever the stage: the command line, resolved once.
+
+    ``precision``: the resolved --precision (fp32 | bf16 | fp16 | fp64); ``phase_timing``:
+    ``sync`` times every phase (on CUDA a synchronisation per phase, which serialises loader and
+    GPU) and checks each step's loss at once, ``deferred`` keeps the step statistics on the
+    device and synchronises once per epoch (see ``PhaseTimer``); ``eval_every``: the per-epoch
+    test pass after every N-th epoch and the last; ``compile_mode``: train and evaluate
+    ``torch.compile(net, mode=compile_mode)`` (None: eager), its one-time compilation (and CUDA
+    graph capture) timed as the ``compile`` phase;
+    ``peak_flops``: the machine's matmul rate that training's FLOP/s is a share of; ``shard``:
+    this rank's part of one run spread over ranks (``--ddp``, the process group already formed)."""
+
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    channels_last: bool = False
+    phase_timing: str = "sync"
+    eval_every: int = 1
+    compile_mode: str | None = None
+    peak_flops: float | None = None
+    shard: Shard = Shard()
+
+    def __post_init__(self):
+        if self.phase_timing not in TIMING_MODES:
+            raise ValueError(f"phase_timing must be one of {tuple(TIMING_MODES)}, not {self.phase_timing!r}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be at least 1, not {self.eval_every}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES} or None, not {self.compile_mode!r}")
+
+    @property
+    def compile_net(self) -> bool:
+        return self.compile_mode is not None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,11 +88,14 @@ class NonFiniteLoss(RuntimeError):
 @dataclass
 class Hooks:
     """What the caller is told as a run goes: its planned step count once prepared, the steps
-    done after each step, and each epoch's row."""
+    done after each step, each epoch's per-step mean losses (read once per epoch) and its row,
+    and, once, what the run measured, whether it finished or stopped part-way."""
 
     on_start: Callable[[int], None] = lambda steps_planned: None
     on_step: Callable[[int], None] = lambda steps_done: None
+    on_step_losses: Callable[[list[float]], None] = lambda losses: None
     on_epoch: Callable[[EpochRow], None] = lambda row: None
+    on_end: Callable[[RunResult], None] = lambda result: None
 
 
 def build_stage_net(stage: StageConfig, preset: Preset) -> nn.Module:
@@ -138,35 +188,43 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, opt: OptimizerSection) -
     return F.cross_entropy(logits, labels, label_smoothing=opt.label_smoothing, reduction=opt.loss_reduction)
 
 
-def cast_batch_norm(net: nn.Module, precision: Precision, bn_fp32: bool) -> str:
-    """Keep BN in fp32 (post 3) or, like the blog's ``model.half()``, cast it to the reduced dtype.
+def cast_batch_norm(net: nn.Module, amp: Amp, keep_fp32: bool) -> str:
+    """Keep BN in fp32 (post 3) or, like the blog's ``model.half()``, cast it to the autocast dtype.
 
     Returns what BN runs in, for the record."""
-    if precision.dtype is None:
-        return f"{precision.name} ({precision.name} run)"
-    if bn_fp32:
+    if amp.autocast_dtype is None:
+        return f"{amp.precision} ({amp.precision} run)"
+    if keep_fp32:
         return "fp32 (autocast already keeps BN parameters in fp32 here)"
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.to(precision.dtype)
-    return f"{precision.name} (cast, as the blog's half-precision model)"
+            m.to(amp.autocast_dtype)
+    return f"{amp.precision} (cast, as the blog's half-precision model)"
+
+
+def check_precision(stage: StageConfig, precision: str) -> None:
+    """A UserError now, before any data, if ``stage`` cannot train in ``precision``: fp16's
+    GradScaler steps torch optimizers only, and the Muon stages' optimizer is not one."""
+    if precision == "fp16" and stage.optimizer.kind == "muon":
+        raise UserError(f"stage {stage.name}: Muon stages run in bf16 or fp32, not fp16 (GradScaler steps torch "
+                        "optimizers only); use --precision bf16 or fp32")
 
 
 def warm_up_and_count_flops(net: nn.Module, opt: OptimizerSection, batch_size: int, device, channels_last: bool,
-                            precision: Precision) -> int:
+                            amp: Amp) -> int:
     """One untimed fwd+bwd on random data with a throwaway copy (cuDNN autotuning, oneDNN
     primitive creation), as the blog did before starting its clock; torch's counter reads the
     step's FLOPs on the way."""
     from torch.utils.flop_counter import FlopCounterMode
 
     spare = copy.deepcopy(net).train()
-    x = torch.randn(batch_size, 3, 32, 32, device=device, dtype=precision.weights_dtype)
+    x = torch.randn(batch_size, 3, 32, 32, device=device, dtype=amp.weights_dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.zeros(batch_size, dtype=torch.long, device=device)
     counter = FlopCounterMode(display=False)
     with counter:
-        with precision.autocast():
+        with amp.autocast():
             loss = loss_fn(spare(x), y, opt)
         loss.backward()
     if device.type == "cuda":
@@ -249,12 +307,15 @@ def shard_size(n: int, shard: Shard) -> int:
     return len(shard.take(range(n)))
 
 
-def compile_for_shapes(net: nn.Module, opt: OptimizerSection, amp: Precision, device: torch.device,
-                       channels_last: bool, *, train_sizes: set[int], eval_sizes: set[int]) -> nn.Module:
-    """``torch.compile(net)`` (static shapes), compiled now for every batch size the run will
-    train and evaluate on, so that no step pays for it later. The warm-up steps on random data
-    leave the weights, BN statistics and gradients as they were."""
-    compiled = torch.compile(net, dynamic=False)
+def compile_for_shapes(net: nn.Module, opt: OptimizerSection, amp: Amp, device: torch.device,
+                       channels_last: bool, *, train_sizes: set[int], eval_sizes: set[int],
+                       mode: str = "default") -> nn.Module:
+    """``torch.compile(net, mode=mode)`` (static shapes), compiled now for every batch size the
+    run will train and evaluate on, so that no step pays for it later (CUDA graphs, with
+    ``reduce-overhead``, are recorded on the first calls: two warm-up calls per shape). The
+    warm-up steps on random data leave the weights, BN statistics and gradients as they were."""
+    compiled = torch.compile(net, dynamic=False, mode=mode)
+    calls = 1 if mode in ("default", "max-autotune-no-cudagraphs") or device.type != "cuda" else 3
     saved = copy.deepcopy(net.state_dict())
 
     def batch(n):
@@ -263,14 +324,16 @@ def compile_for_shapes(net: nn.Module, opt: OptimizerSection, amp: Precision, de
 
     net.train()
     for n in sorted(train_sizes):
-        with amp.autocast():
-            loss = loss_fn(compiled(batch(n)), torch.zeros(n, dtype=torch.long, device=device), opt)
-        loss.backward()
+        for _ in range(calls):
+            with amp.autocast():
+                loss = loss_fn(compiled(batch(n)), torch.zeros(n, dtype=torch.long, device=device), opt)
+            loss.backward()
     net.zero_grad(set_to_none=True)
     net.eval()
     with torch.no_grad(), amp.autocast():
         for n in sorted(eval_sizes):
-            compiled(batch(n))
+            for _ in range(calls):
+                compiled(batch(n))
     net.train()
     net.load_state_dict(saved)
     if device.type == "cuda":
@@ -284,9 +347,8 @@ def check_split_over_ranks(stage: StageConfig, preset: Preset, ranks: int) -> No
     ghost BN's splits must divide among the ranks (checked by the conversion itself)."""
     try:
         loaders.check_split_over_ranks(stage.loader.backend)
-        batch = min(stage.optimizer.batch_size, preset.train_images or stage.optimizer.batch_size)
-        if batch < ranks:
-            raise UserError(f"a batch of {batch} cannot be split over {ranks} ranks")
+        loaders.check_batch_over_ranks(min(stage.optimizer.batch_size, preset.train_images or stage.optimizer.batch_size),
+                                       ranks)
         batch_norm_over_ranks(build_stage_net(stage, preset), ranks)
     except UserError as exc:
         raise UserError(f"stage {stage.name}: {exc}") from None
@@ -314,33 +376,35 @@ def _whitening_bias(net: nn.Module) -> list[nn.Parameter]:
 
 
 @dataclass
-class PreparedRun:
-    """Everything one run needs between its epochs."""
+class Run:
+    """One run between its epochs: the parts ``prepare`` built, and what the epochs have measured
+    so far (``rows``, ``steps``, ``final_accuracy``), from which ``finish`` builds the result."""
 
     stage: StageConfig
+    settings: TrainSettings
     net: nn.Module
-    model: nn.Module  # ``net``, or ``net`` under DistributedDataParallel
+    model: nn.Module  # ``net``, under DistributedDataParallel or torch.compile where the settings ask
+    compiled: nn.Module | None  # torch.compile of ``net`` (``--compile``), which trains and evaluates it
     optimizer: torch.optim.Optimizer
+    average: WeightAverage | None
+    amp: Amp
+    timer: PhaseTimer
     train: object  # the loader backend's batches
     test: list
-    average: WeightAverage | None
-    amp: Precision
-    timer: PhaseTimer
-    device: torch.device
-    channels_last: bool
-    phase_timing: str
-    shard: Shard
-    epochs: float
+    epochs: float  # planned
     steps_per_epoch: int
     steps_planned: int
+    whole_batches: list[int]  # each step's batch size over all ranks
     flops_per_step: int
-    whole_batches: list[int]
     target: float | None
-    eval_every: int = 1
-    compiled: nn.Module | None = None  # torch.compile of ``net`` (``--compile``), which trains and evaluates it
+    batch_norm_dtype: str
+    whitening: bool
+    steps: int = 0
+    rows: list[EpochRow] = field(default_factory=list)
+    final_accuracy: float | None = None
 
     def to_device(self, x, y):
-        return _to_device(x, y, self.device, self.channels_last, self.amp.weights_dtype)
+        return _to_device(x, y, self.settings.device, self.settings.channels_last, self.amp.weights_dtype)
 
     def evaluated_net(self) -> nn.Module:
         evaluated = self.average.model_to_evaluate() if self.average else self.net
@@ -348,47 +412,35 @@ class PreparedRun:
 
     def evaluates_after(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (0-based) ends with a test pass: every ``eval_every``-th, and the last."""
-        return (epoch + 1) % self.eval_every == 0 or epoch + 1 >= math.ceil(self.epochs)
+        return (epoch + 1) % self.settings.eval_every == 0 or epoch + 1 >= math.ceil(self.epochs)
 
 
-def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, result: RunResult, *, device: torch.device,
-            precision: str, channels_last: bool, seed: int, phase_timing: str = "sync",
-            shard: Shard = Shard(), eval_every: int = 1, compile_net: bool = False) -> PreparedRun:
+def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, seed: int, settings: TrainSettings) -> Run:
     """The net, loader, whitening, optimiser and EMA of one run, and one untimed warm-up step.
 
-    ``phase_timing``: ``sync`` times every phase (on CUDA a synchronisation per phase, which
-    serialises loader and GPU) and checks each step's loss at once; ``deferred`` keeps the step
-    statistics on the device and synchronises once per epoch (see ``PhaseTimer``).
-    ``shard``: this rank's part of one run spread over ranks (``--ddp``, the process group
-    already formed): each rank trains on its slice of every batch under DistributedDataParallel,
-    with BN statistics and loss weights that keep the whole-batch arithmetic of one process.
-    ``eval_every``: the per-epoch test pass runs after every N-th epoch and the last.
-    ``compile_net``: train and evaluate ``torch.compile(net)``; its one-time compilation for
-    every batch shape the run will meet is timed as the ``compile`` phase."""
-    if phase_timing not in TIMING_MODES:
-        raise ValueError(f"phase_timing must be one of {TIMING_MODES}, not {phase_timing!r}")
+    Under ``settings.shard`` each rank trains on its slice of every batch under
+    DistributedDataParallel, with BN statistics and loss weights that keep the whole-batch
+    arithmetic of one process."""
+    check_precision(stage, settings.precision)
     torch.manual_seed(seed)
-    opt_cfg = stage.optimizer
-    amp = Precision(device, precision)
-    timer = PhaseTimer(device, sync_phases=phase_timing == "sync")
-    result.phase_timing = phase_timing + (
-        " (per-phase seconds of a CUDA run serialise the loader with the GPU)" if phase_timing == "sync"
-        else " (one synchronisation per epoch; per-phase seconds on CUDA are host launch times)")
+    device, shard, opt_cfg = settings.device, settings.shard, stage.optimizer
+    amp = Amp(device, settings.precision)
+    timer = PhaseTimer(device, sync_phases=settings.phase_timing == "sync")
     ranks = shard.world_size
     net = build_stage_net(stage, preset)
     if ranks > 1:
         net = batch_norm_over_ranks(net, ranks)
     net = net.to(device, amp.weights_dtype)
-    if channels_last:
+    if settings.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    result.bn_precision = cast_batch_norm(net, amp, stage.precision.bn_fp32)
+    batch_norm_dtype = cast_batch_norm(net, amp, stage.batch_norm.keep_fp32)
 
     with timer.phase("preprocessing"):  # DAWNBench and airbench count data preparation and whitening
         train = make_train_loader(stage.loader, data.train_images, data.train_labels,
                                   batch_size=opt_cfg.batch_size, seed=seed, device=device, shard=shard)
-        result.whitening = fit_whitening(net, torch.from_numpy(normalise_transpose(data.train_images[:10_000])))
-    batch_size = train.batch_size
+        whitening = fit_whitening(net, torch.from_numpy(normalise_transpose(data.train_images[:10_000])))
     epochs = run_epochs(preset, stage)
+    whole_batches = batch_sizes(len(data.train_labels), train.batch_size, stage.loader.drop_last, ranks)
     steps_per_epoch = len(train)
     steps_planned = total_steps(epochs, steps_per_epoch)
     average = (WeightAverage(net, stage.ema.kind, stage.ema.momentum, stage.ema.every, steps_planned,
@@ -398,29 +450,25 @@ def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, result: RunRe
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     # every rank counts its own slice's FLOPs; the run's are the ranks' together
-    flops_per_step = ranks * warm_up_and_count_flops(net, opt_cfg, len(shard.take(range(batch_size))), device,
-                                                     channels_last, amp)
-    result.batch_size, result.steps_per_epoch, result.steps_planned = batch_size, steps_per_epoch, steps_planned
-    whole_batches = batch_sizes(len(data.train_labels), batch_size, stage.loader.drop_last, ranks)
+    flops_per_step = ranks * warm_up_and_count_flops(net, opt_cfg, shard_size(train.batch_size, shard), device,
+                                                     settings.channels_last, amp)
     test = eval_batches(data.test_images, data.test_labels, opt_cfg.batch_size)
     compiled = None
-    if compile_net:
+    if settings.compile_net:
         with timer.phase("compile"):
-            compiled = compile_for_shapes(net, opt_cfg, amp, device, channels_last,
+            compiled = compile_for_shapes(net, opt_cfg, amp, device, settings.channels_last,
                                           train_sizes={shard_size(n, shard) for n in whole_batches},
-                                          eval_sizes={len(y) for _, y in test})
-        result.compile_seconds = timer.totals["compile"]
+                                          eval_sizes={len(y) for _, y in test}, mode=settings.compile_mode)
     net.train()
-    return PreparedRun(
-        stage=stage, net=net, model=compiled if compiled is not None else data_parallel(net, device, ranks),
-        optimizer=make_optimizer(net, opt_cfg, batch_size, peak_lr=max(stage.schedule.lrs)), train=train,
-        test=test, average=average, amp=amp,
-        timer=timer, device=device, channels_last=channels_last, phase_timing=phase_timing, shard=shard,
-        epochs=epochs, steps_per_epoch=steps_per_epoch, steps_planned=steps_planned, flops_per_step=flops_per_step,
-        whole_batches=whole_batches, target=preset.target_accuracy, eval_every=eval_every, compiled=compiled)
+    return Run(stage=stage, settings=settings, net=net,
+               model=compiled if compiled is not None else data_parallel(net, device, ranks), compiled=compiled,
+               optimizer=make_optimizer(net, opt_cfg, train.batch_size, peak_lr=max(stage.schedule.lrs)),
+               average=average, amp=amp, timer=timer, train=train, test=test, epochs=epochs,
+               steps_per_epoch=steps_per_epoch, steps_planned=steps_planned, whole_batches=whole_batches, flops_per_step=flops_per_step,
+               target=preset.target_accuracy, batch_norm_dtype=batch_norm_dtype, whitening=whitening)
 
 
-def _freeze_whitening_bias(run: PreparedRun, epoch: int) -> None:
+def _freeze_whitening_bias(run: Run, epoch: int) -> None:
     """airbench: the whitening bias trains for its first epochs only."""
     after = run.stage.optimizer.freeze_whitening_bias_after
     if not after or epoch < after:
@@ -429,15 +477,14 @@ def _freeze_whitening_bias(run: PreparedRun, epoch: int) -> None:
     for bias in frozen:
         bias.requires_grad_(False)  # SGD skips a parameter without a gradient
     if frozen and run.compiled is None:  # DDP fixes its trained parameters when it wraps
-        run.model = data_parallel(run.net, run.device, run.shard.world_size)
+        run.model = data_parallel(run.net, run.settings.device, run.settings.shard.world_size)
 
 
-def train_step(run: PreparedRun, x: torch.Tensor, y: torch.Tensor, step_in_epoch: int, result: RunResult,
-               stats: EpochStats, epoch: int) -> float:
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, step_in_epoch: int, stats: EpochStats, epoch: int) -> float:
     """One optimiser step on the batch (x, y) at the schedule's LR for the run's step count:
     forward and backward, the loss into ``stats``, the step, the weight average. The LR."""
-    opt_cfg, timer, ranks = run.stage.optimizer, run.timer, run.shard.world_size
-    schedule, epoch_now = run.stage.schedule, result.steps / run.steps_per_epoch
+    opt_cfg, timer, ranks = run.stage.optimizer, run.timer, run.settings.shard.world_size
+    schedule, epoch_now = run.stage.schedule, run.steps / run.steps_per_epoch
     lr = schedule.lr_at(epoch_now, run.epochs)
     set_lr(run.optimizer, lr, epoch_now, max(schedule.lrs))  # run epochs, as the bias freezing counts them
     with timer.phase("forward_backward"):
@@ -446,37 +493,38 @@ def train_step(run: PreparedRun, x: torch.Tensor, y: torch.Tensor, step_in_epoch
             loss = loss_fn(logits, y, opt_cfg)
         run.amp.backward(loss if ranks == 1 else
                          loss * rank_loss_weight(len(y), run.whole_batches[step_in_epoch], ranks, opt_cfg))
-    stats.add(result.steps, loss / len(y) if opt_cfg.loss_reduction == "sum" else loss, logits, y)
-    if run.phase_timing == "sync" and not math.isfinite(last := stats.last_loss()):
-        raise NonFiniteLoss(result.steps, epoch + 1, last)
+    stats.add(run.steps, loss / len(y) if opt_cfg.loss_reduction == "sum" else loss, logits, y)
+    if run.settings.phase_timing == "sync" and not math.isfinite(last := stats.last_loss()):
+        raise NonFiniteLoss(run.steps, epoch + 1, last)
     with timer.phase("optimizer_step"):
         run.amp.step(run.optimizer)
         run.optimizer.zero_grad(set_to_none=True)
-        result.steps += 1
+        run.steps += 1
         if run.average:
-            run.average.after_step(result.steps)
+            run.average.after_step(run.steps)
     return lr
 
 
-def run_epoch(run: PreparedRun, epoch: int, result: RunResult, on_step: Callable[[int], None]) -> EpochRow:
+def run_epoch(run: Run, epoch: int, hooks: Hooks = Hooks()) -> EpochRow:
     """Train epoch ``epoch`` (0-based) up to the run's last step, then the test pass (if this
-    epoch has one)."""
-    timer = run.timer
+    epoch has one); the epoch's row, also kept in ``run.rows``."""
+    timer, settings = run.timer, run.settings
     _freeze_whitening_bias(run, epoch)
     before = timer.snapshot()
     rng_calls_before = run.train.rng_calls
     epoch_start = timer.now(sync=True)
-    stats = EpochStats(run.device, across_ranks=run.shard.world_size > 1)
+    stats = EpochStats(settings.device, across_ranks=settings.shard.world_size > 1)
     lr = 0.0
-    for step_in_epoch, (x, y) in enumerate(_timed(run.train, timer, run.device, run.channels_last, run.amp.weights_dtype)):
-        lr = train_step(run, x, y, step_in_epoch, result, stats, epoch)
-        on_step(result.steps)
-        if result.steps >= run.steps_planned:
+    for step_in_epoch, (x, y) in enumerate(_timed(run.train, timer, settings.device, settings.channels_last,
+                                                  run.amp.weights_dtype)):
+        lr = train_step(run, x, y, step_in_epoch, stats, epoch)
+        hooks.on_step(run.steps)
+        if run.steps >= run.steps_planned:
             break
     if run.average:
         run.average.end_epoch()
     losses, sizes, correct, bad_step = stats.read()
-    result.step_losses += losses
+    hooks.on_step_losses(losses)
     if bad_step is not None:
         raise NonFiniteLoss(bad_step, epoch + 1, losses[bad_step - stats.first_step])
     seen = sum(sizes)
@@ -487,56 +535,59 @@ def run_epoch(run: PreparedRun, epoch: int, result: RunResult, on_step: Callable
                                            autocast=run.amp.autocast)
     seconds = timer.now(sync=True) - epoch_start
     after = timer.snapshot()
-    result.total_seconds = sum(after.values())
     row = EpochRow(
         epoch=epoch + 1, lr=lr, train_loss=sum(l * n for l, n in zip(losses, sizes)) / max(seen, 1),
         train_accuracy=correct / max(seen, 1), test_loss=test_loss, test_accuracy=test_acc, seconds=seconds,
-        elapsed_seconds=result.total_seconds, phases={p: after.get(p, 0.0) - before.get(p, 0.0) for p in PHASES},
+        elapsed_seconds=sum(after.values()), phases={p: after.get(p, 0.0) - before.get(p, 0.0) for p in PHASES},
         rng_calls=None if rng_calls_before is None else run.train.rng_calls - rng_calls_before)
-    result.epochs.append(row)
-    result.phases = {p: after.get(p, 0.0) for p in PHASES}
-    if run.target is not None and test_acc is not None and test_acc >= run.target and result.target_epoch is None:
-        result.target_epoch, result.target_seconds = epoch + 1, result.total_seconds
+    run.rows.append(row)
     return row
 
 
-def finish(run: PreparedRun, result: RunResult, peak_flops: float | None = None) -> None:
-    """The final TTA pass (stages that ask for one), each source's clock, FLOPs, and the
-    share of ``peak_flops`` (the machine's matmul rate) that training achieved."""
-    timer = run.timer
-    final_eval_seconds = 0.0
+def final_evaluation(run: Run) -> None:
+    """The final TTA pass, for stages that ask for one."""
     if run.stage.evaluation.tta != "none":
-        with timer.phase("final_evaluation"):
-            _, result.final_accuracy = evaluate(run.evaluated_net(), run.test, to_device=run.to_device,
-                                                autocast=run.amp.autocast, tta=run.stage.evaluation.tta)
-        final_eval_seconds = timer.totals["final_evaluation"]
-        result.test_accuracy_no_tta = result.epochs[-1].test_accuracy
-    totals = timer.snapshot()
-    training = sum(totals.get(p, 0.0) for p in ("data_wait", "forward_backward", "optimizer_step"))
-    parts = {"preprocessing": totals.get("preprocessing", 0.0), "training": training,
-             "evaluation": totals.get("evaluation", 0.0), "final_evaluation": final_eval_seconds,
-             "compile": totals.get("compile", 0.0)}
-    result.total_seconds = sum(totals.values())
-    result.phases = {p: totals.get(p, 0.0) for p in PHASES + ("final_evaluation",) + (("compile",) * (
-        "compile" in totals))}
-    result.seconds_by_timing = {clock: sum(parts[p] for p in included) for clock, included in CLOCKS.items()}
-    result.train_flops = run.flops_per_step * result.steps
-    result.flops_per_second = result.train_flops / training if training > 0 else None
-    if peak_flops and result.flops_per_second:
-        result.peak_flops, result.utilisation = peak_flops, result.flops_per_second / peak_flops
+        with run.timer.phase("final_evaluation"):
+            _, run.final_accuracy = evaluate(run.evaluated_net(), run.test, to_device=run.to_device,
+                                             autocast=run.amp.autocast, tta=run.stage.evaluation.tta)
 
 
-def train_stage(stage: StageConfig, preset: Preset, data: CifarArrays, *, device: torch.device, precision: str,
-                channels_last: bool, seed: int, phase_timing: str = "sync", shard: Shard = Shard(),
-                result: RunResult | None = None, hooks: Hooks = Hooks(), eval_every: int = 1,
-                compile_net: bool = False, peak_flops: float | None = None) -> RunResult:
-    """One run of ``stage``: prepare, every epoch, finish. Pass ``result`` to keep what was
-    measured when the run fails or is interrupted part-way."""
-    result = RunResult() if result is None else result
-    run = prepare(stage, preset, data, result, device=device, precision=precision, channels_last=channels_last,
-                  seed=seed, phase_timing=phase_timing, shard=shard, eval_every=eval_every, compile_net=compile_net)
+def finish(run: Run) -> RunResult:
+    """The run's result, built once from what its epochs measured (all of them, or as far as
+    it got): each source's clock, the first epoch at the target, FLOPs, and the share of the
+    machine's matmul rate (``settings.peak_flops``) that training achieved."""
+    totals = run.timer.snapshot()
+    training = training_seconds(totals)
+    last = run.rows[-1] if run.rows else None
+    reached = next((r for r in run.rows if run.target is not None and r.test_accuracy is not None
+                    and r.test_accuracy >= run.target), None)
+    train_flops = run.flops_per_step * run.steps
+    flops_per_second = train_flops / training if training > 0 else None
+    peak = run.settings.peak_flops if flops_per_second else None
+    return RunResult(
+        phase_timing=TIMING_MODES[run.settings.phase_timing], batch_norm_dtype=run.batch_norm_dtype,
+        whitening=run.whitening, batch_size=run.train.batch_size, steps_per_epoch=run.steps_per_epoch,
+        steps_planned=run.steps_planned, steps=run.steps, epochs=tuple(run.rows),
+        phases={p: totals.get(p, 0.0) for p in PHASES + FINAL + (("compile",) * ("compile" in totals))},
+        total_seconds=sum(totals.values()), seconds_by_timing={clock: seconds_on(clock, totals) for clock in CLOCKS},
+        test_accuracy=run.final_accuracy if run.final_accuracy is not None else last and last.test_accuracy,
+        test_accuracy_no_tta=last.test_accuracy if run.final_accuracy is not None else None,
+        target_epoch=reached and reached.epoch, target_seconds=reached and reached.elapsed_seconds,
+        train_flops=train_flops, flops_per_second=flops_per_second, peak_flops=peak,
+        utilisation=flops_per_second / peak if peak else None, compile_seconds=totals.get("compile"))
+
+
+def train_stage(stage: StageConfig, preset: Preset, data: CifarArrays, seed: int, settings: TrainSettings,
+                hooks: Hooks = Hooks()) -> RunResult:
+    """One run of ``stage``: prepare, every epoch, the final TTA pass; its result. ``hooks.on_end``
+    gets the result even when the run fails or is interrupted part-way (then the error goes on)."""
+    run = prepare(stage, preset, data, seed, settings)
     hooks.on_start(run.steps_planned)
-    for epoch in range(math.ceil(run.epochs)):
-        hooks.on_epoch(run_epoch(run, epoch, result, hooks.on_step))
-    finish(run, result, peak_flops)
+    try:
+        for epoch in range(math.ceil(run.epochs)):
+            hooks.on_epoch(run_epoch(run, epoch, hooks))
+        final_evaluation(run)
+    finally:
+        result = finish(run)
+        hooks.on_end(result)
     return result

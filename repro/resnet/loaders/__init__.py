@@ -58,13 +58,18 @@ def check_split_over_ranks(backend: str) -> None:
                         + f', not "{backend}"')
 
 
+def check_batch_over_ranks(batch_size: int, ranks: int) -> None:
+    """A UserError if a batch is too small to give every rank an image."""
+    if batch_size < ranks:
+        raise UserError(f"a batch of {batch_size} cannot be split over {ranks} ranks")
+
+
 def make_train_loader(loader, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
                       device: torch.device, shard: Shard = Shard()):
     """The training batches a stage's [loader] table (``repro.resnet.config.LoaderSection``,
     already checked by ``check_loader``) asks for; with a ``shard``, this rank's slice of each."""
     batch_size = min(batch_size, len(labels))  # a tiny subset still gets one full batch
-    if batch_size < shard.world_size:
-        raise UserError(f"a batch of {batch_size} cannot be split over {shard.world_size} ranks")
+    check_batch_over_ranks(batch_size, shard.world_size)
     if loader.backend == "device":
         return DeviceBatches(images, labels, batch_size=batch_size, seed=seed, device=device, pad=loader.pad,
                              flip=loader.flip, cutout=loader.cutout, choices=loader.choices,
@@ -79,5 +84,5 @@ def make_train_loader(loader, images: np.ndarray, labels: np.ndarray, *, batch_s
 
 
 __all__ = ["BACKENDS", "AugmentedTrainSet", "MEAN", "PAD", "SIZE", "STD", "Accepts", "CountingRNG", "DaliBatches", "DeviceBatches", "Shard",
-           "TrainBatches", "accepts", "batch_sizes", "check_loader", "check_split_over_ranks", "eval_batches",
+           "TrainBatches", "accepts", "batch_sizes", "check_batch_over_ranks", "check_loader", "check_split_over_ranks", "eval_batches",
            "make_train_loader", "normalise_transpose"]

@@ -6,7 +6,7 @@ normalisation); per epoch the crop offsets and flips are drawn in bulk (two draw
 torch path's ``rng = "bulk"``), fed beside each batch, and ``fn.crop_mirror_normalize`` crops
 32x32, flips and normalises with ``base.MEAN/STD`` to float NCHW. On CUDA the images
 are moved to the GPU and the operator runs there; otherwise it is a CPU pipeline
-(``device_id=None``). ``last_choices`` keeps the epoch's per-image choices in data order.
+(``device_id=None``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ class DaliBatches:
         self.padded = np.ascontiguousarray(np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect"))
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.rng = CountingRNG(seed)
-        self.last_choices: dict[str, np.ndarray] = {}
         gpu = device.type == "cuda"
         span = float(2 * pad)  # crop_pos is a fraction of (padded side - 32)
         std = [float(s) for s in STD]
@@ -84,7 +83,6 @@ class DaliBatches:
         n, side = len(self.padded), 2 * self.pad + 1
         crop = self.rng.integers(0, side, size=(n, 2))
         flips = self.rng.integers(0, 2, size=n).astype(bool) if self.flip == "random" else np.zeros(n, bool)
-        self.last_choices = {"crop": crop, "flip": flips}
         return crop, flips
 
     def run_batch(self, idx: np.ndarray, crop: np.ndarray, flips: np.ndarray) -> torch.Tensor:

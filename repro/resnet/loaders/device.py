@@ -35,8 +35,7 @@ class DeviceBatches:
     choices per epoch, to even groups of images (``grouped_choices``); ``"per_image"`` (airbench):
     an independent uniform choice per image. ``flip = "alternating"`` (airbench): a random half
     flipped in the first epoch, and from then on each image flipped exactly when it was not
-    flipped the epoch before. ``last_choices`` keeps the epoch's per-image choices (crop offset
-    index, flip, cutout index) in data order.
+    flipped the epoch before.
 
     The reflect padding, the crop and the flip only move pixels, so for a batch they are one
     index computed from the choices and one ``index_select`` of bytes from the unpadded set,
@@ -76,7 +75,6 @@ class DeviceBatches:
         self.generator = torch.Generator().manual_seed(seed)
         self.rng_calls = 0
         self.flipped: torch.Tensor | None = None
-        self.last_choices: dict[str, torch.Tensor] = {}
         self._on_device: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -101,7 +99,6 @@ class DeviceBatches:
         self.flipped = choices.get("flip")
         if self.cutout:
             choices["cutout"] = self._draw((SIZE - self.cutout + 1) ** 2)
-        self.last_choices = choices
         self._on_device = {k: v.to(self.device, torch.bool if k == "flip" else self.index_dtype)
                            for k, v in choices.items()}
         return choices
