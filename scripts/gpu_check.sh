@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One-command GPU check (issue 8): the CUDA tests, full-size runs, then the comparison with the sources, with the
-# records in a log dir of their own.
+# One-command GPU check: the CUDA tests, the anchors' own code beside the suite's matching stages on this card, then
+# the comparison with the sources, with the records in a log dir of their own.
 #
 #   scripts/gpu_check.sh [--quick] [DATA] [LOG_DIR]
-#     --quick  for a GPU held by the quarter hour (its time limits add up to 9 minutes): the CUDA tests,
-#              airbench94 x3, tta x2, final x1 and airbench94_muon x2, each step under a time limit (a run cut short
-#              is logged as interrupted, with its epochs so far). Without it: the CUDA tests, the post-1 ladder and
-#              the records ladder x3 (half an hour by the sources' own times, more on a slower card).
+#     --quick  for a GPU held by the quarter hour (its time limits add up to 9 minutes): the CUDA tests, then
+#              scripts/anchor_side_by_side.py: airbench94, airbench94_compiled, airbench94_muon and hiverge's
+#              record, each anchor and its stage for as many runs as its limit allows (a run cut short is logged
+#              as interrupted), one table (LOG_DIR/side-by-side/side_by_side.md). Without it: the CUDA tests, the
+#              side-by-side with 25 runs a side, the post-1 ladder and the records ladder x3 (an hour or more).
 #     DATA     a CIFAR-10 source for repro.resnet --data (default: the copy beside a development checkout, ../shared/data/cifar10-jpeg.tar.gz)
 #     LOG_DIR  where the records go (default logs/gpu-check-<UTC date and time>)
 #
@@ -45,23 +46,22 @@ step() {
 }
 RESNET=("$PY" -m repro.resnet --preset full --device cuda --data "$DATA" --log-dir "$LOG_DIR")
 
-# --quick's limits (75 + 90 + 65 + 270 + 40 s) come from the H200 check of 2026-12-04 (docs/results.md), where
-# the steps took 45, 42, 52, about 250 (final: 233 s on the blog's clock) and 23 s. The first run step also
-# decodes the data into the cache.
-step $(( QUICK ? 75 : 900 )) "pytest -m gpu" "$PY" -m pytest -m gpu -rs -p no:cacheprovider --junitxml "$LOG_DIR/pytest-gpu.xml"
+# --quick's limits: 60 s of CUDA tests (45 s on the H200, 2026-12-04), then 50 s a side for airbench94 and Muon,
+# 75 for the compiled pair and 100 for hiverge (compilation first; the H200 ran airbench94 in 4 s, Muon in 2.3 s),
+# the anchors' data cache (about 20 s): about 9 minutes in all.
+step $(( QUICK ? 60 : 900 )) "pytest -m gpu" "$PY" -m pytest -m gpu -rs -p no:cacheprovider --junitxml "$LOG_DIR/pytest-gpu.xml"
 # pytest writes skip reasons with absolute paths: the results name files relative to the checkout instead
 [ -f "$LOG_DIR/pytest-gpu.xml" ] && sed -i "s#$PWD/##g" "$LOG_DIR/pytest-gpu.xml"
-if [ "$QUICK" = 1 ]; then
-    step 90 "airbench94, 3 runs" "${RESNET[@]}" --stage airbench94 --runs 3
-    step 65 "tta, 2 runs" "${RESNET[@]}" --stage tta --runs 2
-    step 270 "final, once" "${RESNET[@]}" --stage final
-    step 40 "airbench94_muon, 2 runs" "${RESNET[@]}" --stage airbench94_muon --runs 2
-else
+step $(( QUICK ? 520 : 3600 )) "the anchors beside the suite" "$PY" scripts/anchor_side_by_side.py --python "$PY" \
+    --data "$DATA" --log-dir "$LOG_DIR/side-by-side" --limit $(( QUICK ? 50 : 300 ))
+if [ "$QUICK" = 0 ]; then
     step 7200 "the post-1 ladder" "${RESNET[@]}" --stage all
     step 7200 "airbench94 and the later records, 3 runs each" "${RESNET[@]}" --ladder records --runs 3
 fi
 
 echo "== comparison with the sources"
-"$PY" -m repro.report --log-dir "$LOG_DIR" || failed=1
+suite_logs=()
+for log in "$LOG_DIR" "$LOG_DIR"/side-by-side/suite-*; do [ -f "$log/runs.jsonl" ] && suite_logs+=(--log-dir "$log"); done
+[ ${#suite_logs[@]} -gt 0 ] && { "$PY" -m repro.report "${suite_logs[@]}" --out "$LOG_DIR/report" || failed=1; }
 echo "records: $LOG_DIR/runs.jsonl"
 exit "$failed"

@@ -12,8 +12,11 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def load_script(name: str):
+    import sys
+
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -96,7 +99,9 @@ case "$1" in
   -) cat >/dev/null; echo "torch fake";;
   -m) echo "$*" >> {calls}
       [[ "$*" == *"--junitxml"* ]] && echo "<skipped>$PWD/tests/test_gpu.py:89</skipped>" > "${{@: -1}}"
-      [[ "$*" == *"--stage tta"* ]] && exit 3; exit 0;;
+      exit 0;;
+  scripts/anchor_side_by_side.py) echo "$*" >> {calls}
+      mkdir -p "${{@: -3:1}}/suite-airbench94" && touch "${{@: -3:1}}/suite-airbench94/runs.jsonl"; exit 3;;
 esac
 """)
     fake.chmod(0o755)
@@ -104,15 +109,84 @@ esac
     proc = subprocess.run(["bash", str(SCRIPTS / "gpu_check.sh"), "--quick", "DATA", str(log_dir)],
                           env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake)}, capture_output=True, text=True)
     assert proc.returncode == 1
-    assert "!! tta, 2 runs: exit status 3" in proc.stdout
+    assert "!! the anchors beside the suite: exit status 3" in proc.stdout
     # the CUDA tests' results name files relative to the checkout, not by this machine's absolute path
     assert (log_dir / "pytest-gpu.xml").read_text() == "<skipped>tests/test_gpu.py:89</skipped>\n"
-    common = f"-m repro.resnet --preset full --device cuda --data DATA --log-dir {log_dir}"
     assert calls.read_text().splitlines() == [
         f"-m pytest -m gpu -rs -p no:cacheprovider --junitxml {log_dir}/pytest-gpu.xml",
-        f"{common} --stage airbench94 --runs 3",
-        f"{common} --stage tta --runs 2",
-        f"{common} --stage final",
-        f"{common} --stage airbench94_muon --runs 2",
-        f"-m repro.report --log-dir {log_dir}",
+        f"scripts/anchor_side_by_side.py --python {fake} --data DATA --log-dir {log_dir}/side-by-side --limit 50",
+        f"-m repro.report --log-dir {log_dir}/side-by-side/suite-airbench94 --out {log_dir}/report",
     ]
+
+
+ANCHOR_OUTPUT = Path(__file__).parent / "fixtures" / "anchors"
+
+
+def test_the_anchor_parser_reads_each_finished_run_from_the_table():
+    parse = load_script("anchor_side_by_side").parse_anchor_output
+    airbench = parse((ANCHOR_OUTPUT / "airbench94_gpu.txt").read_text())
+    assert [(r.run, r.accuracy, r.seconds) for r in airbench] == [("0", 0.9402, 3.8312), ("1", 0.9391, 3.802)]
+    # hiverge: its own time column, a warm-up run left out, running means that end in a carriage return
+    hiverge = parse((ANCHOR_OUTPUT / "hiverge_gpu.txt").read_text())
+    assert [(r.run, r.accuracy, r.seconds) for r in hiverge] == [("1", 0.9405, 2.0131), ("2", 0.9398, 2.0174),
+                                                                  ("3", 0.9411, 2.0102)]
+    assert parse("no table here\n| run | epoch |\n") == []
+
+
+def test_the_anchor_parser_agrees_with_the_ports_own_run_lines():
+    """The CPU port prints each run twice: a table row, and its own line; the parser reads the table."""
+    text = (ANCHOR_OUTPUT / "airbench94_cpu_port.txt").read_text()
+    runs = load_script("anchor_side_by_side").parse_anchor_output(text)
+    own = re.findall(r"run (\d+): tta_val_acc=([\d.]+)  timed_seconds\(original boundaries\)=([\d.]+)", text)
+    assert len(runs) == len(own) == 2
+    for run, (number, accuracy, seconds) in zip(runs, own):
+        assert (run.run, run.accuracy) == (number, float(accuracy)) and run.seconds == pytest.approx(float(seconds),
+                                                                                                      abs=0.005)
+    mean = float(re.search(r"Mean: ([\d.]+)", text).group(1))
+    assert sum(r.accuracy for r in runs) / 2 == pytest.approx(mean, abs=5e-5)
+
+
+def test_side_by_side_runs_every_step_and_reports_a_failed_one(tmp_path, capsys):
+    """A stand-in interpreter (no GPU, no anchors run): it prints a captured anchor console for an
+    anchor script, writes two records for the suite, and fails hiverge's step. The table's ratio is
+    the suite's mean seconds over the anchor's; a failed step is said and the rest goes on."""
+    import shutil
+    import sys
+
+    anchors = tmp_path / "anchors"
+    for script in ("cpu_port.py", "cifar10_pt_from_jpeg.py", "airbench/airbench94.py", "hiverge/cifar10_speedrun.py"):
+        (anchors / script).parent.mkdir(parents=True, exist_ok=True)
+        (anchors / script).write_text("")
+    shutil.copy(ANCHOR_OUTPUT / "airbench94_gpu.txt", anchors / "airbench" / "out.txt")
+    data = tmp_path / "cifar10-jpeg.tar.gz"
+    data.write_text("")
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!{sys.executable}
+import json, pathlib, sys
+args = sys.argv[1:]
+if args[0] == "-m":
+    log = pathlib.Path(args[args.index("--log-dir") + 1]); log.mkdir(parents=True)
+    with open(log / "runs.jsonl", "w") as f:
+        for acc, secs in ((0.9400, 3.0), (0.9420, 3.4)):
+            f.write(json.dumps({{"experiment": "resnet", "stage": "airbench94", "status": "ok", "total_seconds": 9.0,
+                                "test_accuracy": acc, "seconds_by_timing": {{"airbench": secs}}}}) + "\\n")
+elif args[0].endswith("airbench94.py"):
+    print(open(pathlib.Path(args[0]).parent / "out.txt").read())
+elif args[0].endswith("cifar10_speedrun.py"):
+    sys.exit(3)
+""")
+    fake.chmod(0o755)
+    code = load_script("anchor_side_by_side").main(
+        ["--pairs", "airbench94,hiverge94", "--anchors", str(anchors), "--data", str(data), "--python", str(fake),
+         "--log-dir", str(tmp_path / "logs"), "--limit", "60", "--target", "0.94"])
+    out = capsys.readouterr().out
+    assert code == 1 and "!! hiverge94: the anchor: exit status 3" in out
+    assert "hiverge94: no stage of the suite reproduces it yet" in out
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
+            for line in (tmp_path / "logs" / "side_by_side.md").read_text().splitlines()[2:]}
+    assert rows[("airbench94", "anchor")][:3] == ["2", "93.97 ± 0.08%", "3.82 ± 0.02"]
+    suite = rows[("airbench94", "suite")]
+    assert suite[:3] == ["2", "94.10 ± 0.14%", "3.20 ± 0.28"]
+    assert float(suite[3]) == pytest.approx(3.2 / ((3.8312 + 3.802) / 2), abs=5e-4)  # suite ÷ anchor seconds
+    assert suite[4] == "2/2" and rows[("airbench94", "anchor")][4] == "1/2"
+    assert rows[("hiverge94", "anchor")][0] == "0"

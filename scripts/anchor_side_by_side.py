@@ -1,0 +1,244 @@
+"""The anchors' own code beside the suite's matching stage, on this machine, one after the other:
+accuracy, seconds on airbench's clock (whitening, training, the final TTA pass) and their ratio,
+in one table.
+
+    python scripts/anchor_side_by_side.py --cpu                     # airbench94's CPU port vs --stage airbench94
+    python scripts/anchor_side_by_side.py --limit 60 --runs 25      # on a GPU: every anchor and its stage
+
+The anchors (``../shared/anchors``, or ``--anchors DIR``) are other projects' scripts, run
+unmodified as measuring instruments: on a GPU from a scratch folder holding the data cache they
+read (written from ``--data`` first), on a CPU through the anchors' own port (``cpu_port.py``).
+Each step runs under its time limit; a step that fails or runs out of time is reported, the
+runs it finished still count, and the rest goes on. The suite's records go to ``LOG_DIR``; the
+table is printed and written to ``LOG_DIR/side_by_side.md``, each step's output beside it.
+Exit status: 0, or 1 when a step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CHECKOUT))  # runs from a checkout without installing it
+
+from repro.resnet.ladder import fmt_mean_std, fmt_p, one_sample_p, welch_p  # noqa: E402
+from repro.resnet.records import logged_runs  # noqa: E402
+from repro.runlog import read_records  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An anchor script (under the anchors folder) and the suite's stage that reproduces it.
+    ``limit_scale``: its steps get this many times ``--limit`` (compilation comes first)."""
+
+    script: str
+    stage: str | None  # None: no stage of the suite reproduces it yet
+    suite_options: tuple[str, ...] = ()
+    limit_scale: float = 1.0
+
+
+PAIRS = {
+    "airbench94": Pair("airbench/airbench94.py", "airbench94"),
+    "airbench94_compiled": Pair("airbench/airbench94_compiled.py", "airbench94", ("--compile",), 1.5),
+    "airbench94_muon": Pair("airbench/airbench94_muon.py", "airbench94_muon"),
+    "hiverge94": Pair("hiverge/cifar10_speedrun.py", None, (), 2.0),
+}
+CPU_PAIR = "airbench94_cpu"  # the port the anchors' cpu_port.py writes, beside --stage airbench94
+
+
+@dataclass(frozen=True)
+class AnchorRun:
+    run: str
+    accuracy: float  # the run's TTA accuracy, a fraction
+    seconds: float  # airbench's clock: CUDA events (perf_counter in the port) around what it times
+
+
+def parse_anchor_output(text: str) -> list[AnchorRun]:
+    """Every finished run in an anchor's console: its table's rows with ``tta_val_acc`` filled
+    (one per run; the per-epoch rows leave it empty), the warm-up run left out. The columns
+    are read from the table's header, whose time column is ``total_time_seconds`` (airbench94)
+    or ``time_seconds`` (airbench94_muon, hiverge)."""
+    header: list[str] | None = None
+    runs = []
+    for line in text.splitlines():  # hiverge's running means end in \r: their own lines here
+        if not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if "tta_val_acc" in cells:
+            header = cells
+            continue
+        if header is None or len(cells) != len(header):
+            continue
+        row = dict(zip(header, cells))
+        seconds = row.get("total_time_seconds") or row.get("time_seconds")
+        if not row.get("tta_val_acc") or not seconds or row.get("run") == "warmup":
+            continue
+        runs.append(AnchorRun(row["run"], float(row["tta_val_acc"]), float(seconds)))
+    return runs
+
+
+def run_step(title: str, command: list[str], limit: float, out: Path, *, cwd: Path, env: dict) -> bool:
+    """Run ``command`` for at most ``limit`` seconds (then SIGTERM, which the suite records as an
+    interrupted run, and SIGKILL 15 s later), its output shown and kept in ``out``. Whether it
+    finished with status 0."""
+    print(f"== {title} (at most {limit:.0f} s)", flush=True)
+    with open(out, "w") as log:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        timer = _Alarm(proc, limit)
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        proc.wait()
+        timer.cancel()
+    if timer.fired or proc.returncode != 0:
+        why = "ran out of time" if timer.fired else f"exit status {proc.returncode}"
+        print(f"!! {title}: {why}", flush=True)
+        return False
+    return True
+
+
+class _Alarm:
+    """SIGTERM to a process group after ``seconds``, SIGKILL 15 s after that."""
+
+    def __init__(self, proc: subprocess.Popen, seconds: float):
+        import threading
+
+        self.proc, self.fired = proc, False
+        self.timer = threading.Timer(seconds, self._stop)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _stop(self):
+        self.fired = True
+        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(grace)
+                return
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+
+    def cancel(self):
+        self.timer.cancel()
+
+
+def suite_runs(log_dir: Path) -> list[tuple[float, float]]:
+    """(accuracy, seconds on airbench's clock) of every ok run recorded in ``log_dir``."""
+    return [(r.test_accuracy, r.seconds_on("airbench")) for r in logged_runs(read_records(log_dir))
+            if r.measured and r.test_accuracy is not None]
+
+
+def table(rows: list[tuple[str, str, list[tuple[float, float]]]], target: float) -> list[str]:
+    """Markdown lines: per pair the anchor's row then the suite's, the suite's with its ratio of
+    mean seconds to the anchor's and Welch's p for the accuracies."""
+    head = ["pair", "side", "n", "accuracy", "seconds (airbench clock)", "suite ÷ anchor", f"≥{100 * target:g}%",
+            "p(mean > target)", "p(acc, Welch)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    anchors: dict[str, list[tuple[float, float]]] = {}
+    for pair, side, runs in rows:
+        accs, secs = [a for a, _ in runs], [s for _, s in runs]
+        ratio = p_acc = "-"
+        if side == "suite" and anchors.get(pair) and secs:
+            anchor_accs, anchor_secs = zip(*anchors[pair])
+            ratio = f"{statistics.fmean(secs) / statistics.fmean(anchor_secs):.3f}"
+            p_acc = fmt_p(welch_p(list(anchor_accs), accs))
+        if side == "anchor":
+            anchors[pair] = runs
+        lines.append(f"| {pair} | {side} | {len(runs)} | {fmt_mean_std(accs, 100, 2, '%')} | "
+                     f"{fmt_mean_std(secs, 1, 2)} | {ratio} | {sum(a >= target for a in accs)}/{len(runs)} | "
+                     f"{fmt_p(one_sample_p(accs, target))} | {p_acc} |")
+    return lines
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python scripts/anchor_side_by_side.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pairs", default=",".join(PAIRS),
+                   help=f"which anchors, comma-separated (default all: {', '.join(PAIRS)}); ignored with --cpu")
+    p.add_argument("--cpu", action="store_true",
+                   help="airbench94's CPU port (the anchors' cpu_port.py, bf16 autocast) beside --stage airbench94 "
+                        "--device cpu --precision bf16")
+    p.add_argument("--anchors", default=str(CHECKOUT.parent / "shared" / "anchors"),
+                   help="the anchors folder (default: ../shared/anchors beside the checkout)")
+    p.add_argument("--data", default=str(CHECKOUT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"),
+                   help="the CIFAR-10 JPEG archive both sides train on (default: ../shared/data/cifar10-jpeg.tar.gz)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="runs per side (default: 25 on a GPU, as many as the limit allows; 1 with --cpu)")
+    p.add_argument("--limit", type=float, default=None,
+                   help="seconds per step, each side of each pair (default: 150 on a GPU, 3600 with --cpu)")
+    p.add_argument("--target", type=float, default=0.905,
+                   help="the accuracy the runs are counted against (default 0.905: the JPEG copy tops out near "
+                        "90.7%%; 0.94 on the official images)")
+    p.add_argument("--python", default=sys.executable, help="the interpreter both sides run with")
+    p.add_argument("--log-dir", default=None, help="default logs/side-by-side-<UTC date and time>")
+    args = p.parse_args(argv)
+    pairs = [CPU_PAIR] if args.cpu else [name.strip() for name in args.pairs.split(",") if name.strip()]
+    unknown = [name for name in pairs if name not in PAIRS and name != CPU_PAIR]
+    if unknown:
+        p.error(f"unknown pair {unknown[0]!r}; valid: {', '.join(PAIRS)}")
+    if (args.runs is not None and args.runs < 1) or (args.limit is not None and args.limit <= 0):
+        p.error("--runs must be at least 1 and --limit above 0")
+    args.pairs = pairs
+    args.runs = args.runs or (1 if args.cpu else 25)
+    args.limit = args.limit or (3600.0 if args.cpu else 150.0)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    anchors, data = Path(args.anchors).resolve(), Path(args.data).resolve()
+    for path, what in ((anchors / "cpu_port.py", "--anchors"), (data, "--data")):
+        if not path.exists():
+            print(f"error: {what}: {path} does not exist", file=sys.stderr)
+            return 2
+    log_dir = Path(args.log_dir or f"logs/side-by-side-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}").resolve()
+    work = log_dir / "anchor-run"  # the anchors write their data cache and logs/ here
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
+        filter(None, (str(CHECKOUT), os.environ.get("PYTHONPATH"))))}
+    py, ok, rows = args.python, True, []
+    if args.cpu:
+        ok &= run_step("the CPU port of airbench94, written", [py, str(anchors / "cpu_port.py")], 120,
+                       log_dir / "port.txt", cwd=work, env=env)
+    else:
+        ok &= run_step("the anchors' data cache", [py, str(anchors / "cifar10_pt_from_jpeg.py"), str(data), "cifar10"],
+                       300, log_dir / "data-cache.txt", cwd=work, env=env)
+    for name in args.pairs:
+        # the port's autocast variant trains under bf16 autocast, as the suite does where bf16 is native
+        pair = PAIRS.get(name, Pair("airbench94_cpu_autocast.py", "airbench94", ("--device", "cpu", "--precision", "bf16")))
+        limit = args.limit * pair.limit_scale
+        if args.cpu:
+            command = [py, str(work / pair.script), "--runs", str(args.runs)]
+            env_anchor = {**env, "JPEG_TAR": str(data), "PORT_DIR": str(work)}
+        else:
+            command, env_anchor = [py, str(anchors / pair.script)], env
+        ok &= run_step(f"{name}: the anchor", command, limit, log_dir / f"anchor-{name}.txt", cwd=work,
+                       env=env_anchor)
+        rows.append((name, "anchor", [(r.accuracy, r.seconds)
+                                      for r in parse_anchor_output((log_dir / f"anchor-{name}.txt").read_text())]))
+        if pair.stage is None:
+            print(f"   {name}: no stage of the suite reproduces it yet", flush=True)
+            continue
+        suite_log = log_dir / f"suite-{name}"
+        ok &= run_step(f"{name}: the suite's {pair.stage}",
+                       [py, "-m", "repro.resnet", "--stage", pair.stage, "--preset", "full", "--runs", str(args.runs),
+                        "--data", str(data), "--log-dir", str(suite_log), "--quiet", *pair.suite_options],
+                       limit, log_dir / f"suite-{name}.txt", cwd=CHECKOUT, env=env)
+        rows.append((name, "suite", suite_runs(suite_log)))
+    lines = table(rows, args.target)
+    (log_dir / "side_by_side.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"table and each step's output: {log_dir}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
