@@ -54,12 +54,18 @@ def test_a_broken_stage_file_is_one_line_before_any_data(case, tmp_path, monkeyp
     assert loaded == [] and not (tmp_path / "logs" / "runs.jsonl").exists()
 
 
-def test_a_stage_of_ones_own_is_one_file_in_a_config_dir(tmp_path, capsys):
+def _config_dir(tmp_path, **stages: str):
+    """A --config-dir holding the given stage files (name = TOML text)."""
     mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "tta_gelu.toml").write_text(
-        'extends = "tta"\ndescription = "post 8\'s recipe with GELU"\n[net]\nactivation = "gelu"\n'
-        '[source]\nchanges = ["net.activation"]\n')
+    mine.mkdir(exist_ok=True)
+    for name, text in stages.items():
+        (mine / f"{name}.toml").write_text(text)
+    return mine
+
+
+def test_a_stage_of_ones_own_is_one_file_in_a_config_dir(tmp_path, capsys):
+    mine = _config_dir(tmp_path, tta_gelu='extends = "tta"\ndescription = "post 8\'s recipe with GELU"\n[net]\n'
+                                          'activation = "gelu"\n[source]\nchanges = ["net.activation"]\n')
     configs = ConfigDirs((mine,))
     order = available_stages(configs)
     assert order.index("tta_gelu") == order.index("tta") + 1  # right after the stage it extends
@@ -89,12 +95,9 @@ def test_a_users_stage_sits_after_the_stage_it_extends_with_its_source(tmp_path,
     config: the report is given no --config-dir), each with the [source] the user wrote."""
     from repro import report
 
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "mine.toml").write_text(
-        'extends = "tta"\ndescription = "tta with GELU"\n[net]\nactivation = "gelu"\n'
-        '[source]\nchanges = ["net.activation"]\nseconds = 12.5\naccuracy = 0.9\ntiming = "dawnbench"\n'
-        'hardware = "my laptop"\n')
+    mine = _config_dir(tmp_path, mine='extends = "tta"\ndescription = "tta with GELU"\n[net]\nactivation = "gelu"\n'
+                                      '[source]\nchanges = ["net.activation"]\nseconds = 12.5\naccuracy = 0.9\n'
+                                      'timing = "dawnbench"\nhardware = "my laptop"\n')
     logs = tmp_path / "logs"
     assert resnet.main(["--config-dir", str(mine), "--stage", "ema:mine", *SMOKE, "--log-dir", str(logs)]) == 0
     table = capsys.readouterr().out
@@ -178,3 +181,49 @@ def test_the_same_seed_trains_every_stage_as_the_fixture(stage):
     accuracy_tolerance = 1.01 / 256 if stage in BF16_INSIDE else 0
     assert got["test_accuracy"] == pytest.approx(expected["test_accuracy"], abs=accuracy_tolerance)
     assert got["final_test_accuracy"] == pytest.approx(expected["final_test_accuracy"], abs=accuracy_tolerance)
+
+
+def test_selective_tta_is_the_views_for_the_least_confident_images_only():
+    """hiverge's selective TTA, worked by hand: plain logits for every image, then the stage's
+    views for the share of images with the lowest softmax maximum. 1 is the full TTA pass."""
+    import contextlib
+
+    import torch
+
+    from repro.data import make_synthetic
+    from repro.resnet.evaluation import evaluate, tta_logits
+    from repro.resnet.loaders import eval_batches
+    from repro.resnet.nets import build_net
+
+    torch.manual_seed(0)
+    net = build_net(arch="resnet9", width_divisor=16).eval()
+    data = make_synthetic(16, 40, seed=3)
+    batches = eval_batches(data.test_images, data.test_labels, 16)  # 16 + 16 + 8
+
+    def run(**tta):
+        return evaluate(net, batches, to_device=lambda x, y: (x, y), autocast=contextlib.nullcontext, **tta)
+
+    with torch.no_grad():
+        x = torch.cat([b[0] for b in batches])
+        y = torch.cat([b[1] for b in batches])
+        plain, views = net(x), tta_logits(net, x, "multiview")
+        unsure = plain.softmax(1).amax(1).argsort()[:10]  # a quarter of 40: the 10 least confident
+        by_hand = plain.clone()
+        by_hand[unsure] = views[unsure]
+    expected = (torch.nn.functional.cross_entropy(by_hand, y).item(), (by_hand.argmax(1) == y).float().mean().item())
+    assert run(tta="multiview", tta_fraction=0.25) == pytest.approx(expected, rel=1e-6)
+    assert run(tta="multiview", tta_fraction=1.0) == pytest.approx(run(tta="multiview"), rel=1e-12)
+    assert run(tta="multiview", tta_fraction=0.25) != pytest.approx(run(tta="multiview"), rel=1e-6)
+
+
+def test_selective_tta_on_tta_is_one_stage_file(tmp_path, capsys):
+    mine = _config_dir(tmp_path, tta_selective='extends = "tta"\ndescription = "flip TTA for the least confident '
+                                               'quarter"\n[evaluation]\ntta_fraction = 0.25\n[source]\n'
+                                               'changes = ["evaluation.tta_fraction"]\n')
+    assert resnet.main(["--config-dir", str(mine), "--stage", "tta_selective", *SMOKE, "--log-dir", str(tmp_path)]) == 0
+    (rec,) = read_records(tmp_path)
+    assert rec["status"] == "ok" and rec["config"]["evaluation"] == {"tta": "flip", "tta_fraction": 0.25}
+    assert rec["test_accuracy_no_tta"] is not None and rec["phases"]["final_evaluation"] > 0
+    (mine / "bad.toml").write_text('extends = "resnet9"\n[evaluation]\ntta_fraction = 0.5\n')
+    assert resnet.main(["--config-dir", str(mine), "--stage", "bad", *SMOKE, "--log-dir", str(tmp_path)]) == 2
+    assert 'evaluation.tta_fraction = 0.5 has no effect with evaluation.tta = "none"' in capsys.readouterr().err

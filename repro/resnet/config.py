@@ -181,6 +181,8 @@ class EmaSection:
 @dataclass(frozen=True)
 class EvaluationSection:
     tta: str = "none"  # "flip" (post 8) | "multiview" (airbench: flip x {0, up-left, down-right})
+    # hiverge: the TTA views only for this share of the test images, the least confident after a plain pass
+    tta_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -444,6 +446,12 @@ def _check_stage(stage: StageConfig, where: str) -> None:
         raise UserError(f"{where}: optimizer.freeze_whitening_bias_after must be >= 0")
     if stage.ema.kind != "none" and not (stage.ema.every >= 1 and 0 < stage.ema.momentum < 1):
         raise UserError(f"{where}: ema.every must be >= 1 and ema.momentum in (0, 1)")
+    if not 0 < stage.evaluation.tta_fraction <= 1:
+        raise UserError(f"{where}: evaluation.tta_fraction must be above 0 and at most 1, "
+                        f"not {stage.evaluation.tta_fraction:g}")
+    if stage.evaluation.tta_fraction < 1 and stage.evaluation.tta == "none":
+        raise UserError(f"{where}: evaluation.tta_fraction = {stage.evaluation.tta_fraction:g} has no effect with "
+                        'evaluation.tta = "none" (it chooses which images get the TTA views)')
     if stage.ema.start_epochs < 0:
         raise UserError(f"{where}: ema.start_epochs must be >= 0")
     if opt.whitening_bias_decay == "linear" and opt.freeze_whitening_bias_after <= 0:

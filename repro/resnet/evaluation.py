@@ -3,6 +3,10 @@
 * ``flip`` (post 8 step 9): the mean of the logits of each image and its mirror.
 * ``multiview`` (airbench94): weights 1/2 for that flip pair, and 1/4 for each flip pair of the
   image translated by one pixel up-left and down-right (reflect padding): 6 views.
+
+``tta_fraction`` below 1 makes either selective (hiverge's record): one plain pass over the whole
+test set, then the views only for that share of the images, the least confident (lowest softmax
+maximum) after the plain pass; the others keep their plain logits.
 """
 
 from __future__ import annotations
@@ -37,16 +41,50 @@ def tta_logits(net: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
     raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
 
 
-@torch.no_grad()
-def evaluate(net: nn.Module, batches, *, to_device, autocast, tta: str = "none") -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over ``batches``; ``to_device`` moves one (x, y) batch."""
-    was_training = net.training
-    net.eval()
-    loss_sum, correct, count = 0.0, 0, 0  # tensors after the first batch: one host read at the end
+def selective_tta_logits(net: nn.Module, batches, *, to_device, autocast, tta: str, fraction: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of the whole test set: plain logits, and ``tta``'s for the
+    ``int(fraction * n)`` images the plain pass was least confident about, in batches of the
+    test batches' size."""
+    images, labels, logits = [], [], []
+    for x, y in batches:
+        x, y = to_device(x, y)
+        with autocast():
+            logits.append(net(x).float())
+        images.append(x)
+        labels.append(y)
+    size, images, logits = len(labels[0]), torch.cat(images), torch.cat(logits)
+    confidence = logits.softmax(1).amax(1)
+    unsure = confidence.topk(int(fraction * len(logits)), largest=False).indices
+    for start in range(0, len(unsure), size):
+        chosen = unsure[start:start + size]
+        with autocast():
+            logits[chosen] = tta_logits(net, images[chosen], tta)
+    return logits, torch.cat(labels)
+
+
+def _batch_logits(net: nn.Module, batches, to_device, autocast, tta: str, tta_fraction: float):
+    """(logits, labels) per test batch; for selective TTA, one pair for the whole set."""
+    if tta != "none" and tta_fraction < 1:
+        yield selective_tta_logits(net, batches, to_device=to_device, autocast=autocast, tta=tta,
+                                   fraction=tta_fraction)
+        return
     for x, y in batches:
         x, y = to_device(x, y)
         with autocast():
             logits = tta_logits(net, x, tta)
+        yield logits, y
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, batches, *, to_device, autocast, tta: str = "none", tta_fraction: float = 1.0
+             ) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over ``batches``; ``to_device`` moves one (x, y) batch.
+    ``tta_fraction`` < 1: selective TTA (``selective_tta_logits``)."""
+    was_training = net.training
+    net.eval()
+    loss_sum, correct, count = 0.0, 0, 0  # tensors after the first batch: one host read at the end
+    for logits, y in _batch_logits(net, batches, to_device, autocast, tta, tta_fraction):
         loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum")
         correct = correct + (logits.argmax(1) == y).sum()
         count += len(y)

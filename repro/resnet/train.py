@@ -549,7 +549,8 @@ def final_evaluation(run: Run) -> None:
     if run.stage.evaluation.tta != "none":
         with run.timer.phase("final_evaluation"):
             _, run.final_accuracy = evaluate(run.evaluated_net(), run.test, to_device=run.to_device,
-                                             autocast=run.amp.autocast, tta=run.stage.evaluation.tta)
+                                             autocast=run.amp.autocast, tta=run.stage.evaluation.tta,
+                                             tta_fraction=run.stage.evaluation.tta_fraction)
 
 
 def finish(run: Run) -> RunResult:
