@@ -144,20 +144,30 @@ def test_the_sync_checker_is_armed():
 def test_training_steps_make_no_host_sync_by_torchs_own_checker(stage):
     """Deferred timing's promise, checked by torch rather than by counting .item() calls: under
     set_sync_debug_mode("error") any implicit synchronisation (float(), bool(), .cpu(), a Python
-    ``if`` on a tensor) raises. The loader's epoch and the once-per-epoch read stay outside."""
+    ``if`` on a tensor) raises. Inside: the training steps, the EMA's end of epoch and a selective
+    TTA pass; outside: the loader's epoch and the once-per-epoch read."""
     import math
     from repro.resnet.train import EpochStats, TrainSettings, prepare, train_step
 
     settings = TrainSettings(device=CUDA, precision="bf16", channels_last=True, phase_timing="deferred")
     run = prepare(load_stage(stage), load_preset("smoke"), make_synthetic(4096, 256, seed=0), 0, settings)
+    from repro.resnet.evaluation import selective_tta_logits
+
     batches = [run.to_device(x, y) for x, y in run.train]
+    test = [run.to_device(x, y) for x, y in run.test]
     stats = EpochStats(CUDA)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for i, (x, y) in enumerate(batches):
             train_step(run, x, y, i, stats, epoch=0)
+        if run.average:
+            run.average.end_epoch()  # the lookahead EMA's copy back
+        with torch.no_grad():  # TTA, selective too: the views chosen on the device
+            logits, _ = selective_tta_logits(run.evaluated_net(), test, to_device=lambda x, y: (x, y),
+                                             autocast=run.amp.autocast, tta="multiview", fraction=0.25)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     losses = stats.read()[0]
     assert len(losses) == len(batches) >= 2 and all(math.isfinite(v) for v in losses)
+    assert logits.shape == (256, 10)
