@@ -29,6 +29,7 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(CHECKOUT))  # runs from a checkout without installing it
 
+from repro.errors import UserError  # noqa: E402
 from repro.resnet.ladder import fmt_mean_std, fmt_p, one_sample_p, welch_p  # noqa: E402
 from repro.resnet.records import logged_runs  # noqa: E402
 from repro.runlog import read_records  # noqa: E402
@@ -183,9 +184,9 @@ def parse_args(argv):
     pairs = [CPU_PAIR] if args.cpu else [name.strip() for name in args.pairs.split(",") if name.strip()]
     unknown = [name for name in pairs if name not in PAIRS and name != CPU_PAIR]
     if unknown:
-        p.error(f"unknown pair {unknown[0]!r}; valid: {', '.join(PAIRS)}")
+        raise UserError(f"unknown pair {unknown[0]!r}; valid: {', '.join(PAIRS)}")
     if (args.runs is not None and args.runs < 1) or (args.limit is not None and args.limit <= 0):
-        p.error("--runs must be at least 1 and --limit above 0")
+        raise UserError("--runs must be at least 1 and --limit above 0")
     args.pairs = pairs
     args.runs = args.runs or (1 if args.cpu else 25)
     args.limit = args.limit or (3600.0 if args.cpu else 150.0)
@@ -193,7 +194,11 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     anchors, data = Path(args.anchors).resolve(), Path(args.data).resolve()
     for path, what in ((anchors / "cpu_port.py", "--anchors"), (data, "--data")):
         if not path.exists():

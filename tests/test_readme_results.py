@@ -8,7 +8,7 @@ rounding:
 
 - the test accuracy, mean ± sample std in percent;
 - the seconds on the named clock (`seconds_by_timing[clock]`), mean ± sample std;
-- the "to X%" time (`repro.resnet.ladder.seconds_to_target` at X), or that no run reached X ("never X%");
+- the "to X%" time (`repro.resnet.records.LoggedRun.seconds_to_target` at X), or that no run reached X ("never X%");
 - the source's accuracy, seconds and hardware (the stage file's `[source]`, kept in each record);
 - the "N% of the bf16 rate" in the details cell (the records' `utilisation`);
 - the machine and precision (the records' `hardware` and `precision`).
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.resnet.ladder import seconds_to_target
+from repro.resnet.records import LoggedRun
 from repro.runlog import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,13 +134,13 @@ def check_row(row: dict[str, str], root: Path = ROOT) -> list[str]:
                 _check_value(problems, f"{name} seconds ({clock})",
                              [r["seconds_by_timing"][clock] for r in records], m)
             elif (m := re.fullmatch(VALUE + r" to (?P<target>\d+(?:\.\d+)?)%", part)):
-                reached = [seconds_to_target(r, clock, float(m["target"]) / 100) for r in records]
+                reached = [LoggedRun.from_dict(r).seconds_to_target(clock, float(m["target"]) / 100) for r in records]
                 if None in reached:
                     problems.append(f"{name}: not every run reached {m['target']}%")
                 else:
                     _check_value(problems, f"{name} to {m['target']}%", reached, m)
             elif (m := re.fullmatch(r"never (?P<target>\d+(?:\.\d+)?)%", part)):
-                reached = [seconds_to_target(r, clock, float(m["target"]) / 100) for r in records]
+                reached = [LoggedRun.from_dict(r).seconds_to_target(clock, float(m["target"]) / 100) for r in records]
                 if any(s is not None for s in reached):
                     problems.append(f"{name}: 'never {m['target']}%', but a run reached it")
             else:

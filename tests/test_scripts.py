@@ -190,3 +190,12 @@ elif args[0].endswith("cifar10_speedrun.py"):
     assert float(suite[3]) == pytest.approx(3.2 / ((3.8312 + 3.802) / 2), abs=5e-4)  # suite ÷ anchor seconds
     assert suite[4] == "2/2" and rows[("airbench94", "anchor")][4] == "1/2"
     assert rows[("hiverge94", "anchor")][0] == "0"
+
+
+@pytest.mark.parametrize("argv, message", [(["--pairs", "airbench99"], "unknown pair 'airbench99'; valid: airbench94"),
+                                           (["--runs", "0"], "--runs must be at least 1 and --limit above 0")])
+def test_side_by_side_bad_input_is_one_line(argv, message, tmp_path, capsys):
+    assert load_script("anchor_side_by_side").main([*argv, "--log-dir", str(tmp_path / "logs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "logs").exists()

@@ -42,11 +42,6 @@ def check_target(target: float | None, option: str = "--target") -> float | None
     return target
 
 
-def seconds_to_target(record, clock: str, target: float | None = None) -> float | None:
-    """``LoggedRun.seconds_to_target`` of a record (a dict as logged, or a LoggedRun)."""
-    return LoggedRun.from_dict(record).seconds_to_target(clock, target)
-
-
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None

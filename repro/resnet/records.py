@@ -134,8 +134,6 @@ def _number(value) -> float | None:
     """A measured number as logged (JSON keeps NaN and inf as strings), or None."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
         return float(value)
     except (TypeError, ValueError):
