@@ -195,8 +195,8 @@ def measure_matmul_flops(device: torch.device, precision: str, *, size: int | No
     """FLOP/s of square ``size`` x ``size`` matrix products in ``precision``'s dtype on ``device``:
     the best of ``blocks`` timed blocks of back-to-back products (after a warm-up), each block
     running for at least ``block_seconds``. The default size is 8192 on a GPU; on a CPU 2048, or
-    less where one product would take over a tenth of a second (fp16 and fp64 on most CPUs, at
-    tens of GFLOP/s: a 2048 product takes seconds there)."""
+    less where one product would take over a tenth of a second (fp16, and bf16 without native
+    support, run at a few GFLOP/s on some CPUs: a 2048 product takes seconds there)."""
     dtype = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     size = size or (8192 if device.type == "cuda" else _cpu_matmul_size(dtype))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
