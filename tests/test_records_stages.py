@@ -1,7 +1,11 @@
-"""The stages past airbench94: airbench94_muon (Muon on the conv filters) and airbench95."""
+"""The stages past airbench94: airbench94_muon (Muon on the conv filters), hiverge94 (its batched
+Muon, colour jitter, SiLU and six-view TTA for the least sure quarter), airbench95 and airbench96."""
 
 import copy
 import math
+import re
+
+import numpy as np
 
 import pytest
 import torch
@@ -18,11 +22,12 @@ needs_muon = pytest.mark.skipif(not muon_available(), reason="this torch has no 
 SMOKE = ["--preset", "smoke", "--data", "synthetic", "--quiet", "--precision", "fp32"]
 
 
-def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
-    """The record's quintic iteration, written out here: g / |g|, then X <- aX + (bA + cA^2)X with
-    A = XX^T, on the wide orientation, in bf16."""
-    a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
+def newton_schulz(g: torch.Tensor, steps: int, coefficients=(3.4445, -4.7750, 2.0315), dtype=torch.bfloat16
+                  ) -> torch.Tensor:
+    """The records' quintic iteration, written out here for one matrix: g / |g|, then
+    X <- aX + (bA + cA^2)X with A = XX^T, on the wide orientation (airbench94_muon: in bf16)."""
+    a, b, c = coefficients
+    x = g.to(dtype)
     x = x / (x.norm() + 1e-7)
     wide = x.shape[0] <= x.shape[1]
     x = x if wide else x.T
@@ -111,14 +116,15 @@ def test_airbench95s_average_starts_late_and_is_copied_back_every_epoch():
     assert net.weight.item() == pytest.approx(3.0 * decay + 5.0 * (1 - decay))
 
 
-@pytest.mark.parametrize("stage", ["airbench94_muon", "airbench95", "airbench96"])
+@pytest.mark.parametrize("stage", ["airbench94_muon", "hiverge94", "airbench95", "airbench96"])
 def test_the_later_records_run_on_the_smoke_preset(stage, tmp_path):
     if stage == "airbench94_muon" and not muon_available():
         pytest.skip("this torch has no torch.optim.Muon")
     assert resnet.main(["--stage", stage, *SMOKE, "--log-dir", str(tmp_path)]) == 0
     (rec,) = read_records(tmp_path)
     assert rec["status"] == "ok" and rec["stage"] == stage and rec["test_accuracy_no_tta"] is not None
-    assert rec["blog_seconds"] == {"airbench94_muon": 2.59, "airbench95": 10.4, "airbench96": 46.3}[stage]
+    assert rec["blog_seconds"] == {"airbench94_muon": 2.59, "hiverge94": 2.015, "airbench95": 10.4,
+                                   "airbench96": 46.3}[stage]
     assert len(rec["epochs"]) == 2 and all(math.isfinite(e["train_loss"]) for e in rec["epochs"])
 
 
@@ -159,3 +165,130 @@ def test_muon_under_fp16_is_refused_with_one_line(capsys, tmp_path):
     assert resnet.main(args) == 2
     assert "Muon stages run in bf16 or fp32, not fp16" in capsys.readouterr().err
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+# ---- hiverge94
+
+HIVERGE_NS = (3.4576, -4.7391, 2.0843)
+
+
+def test_the_batched_muon_gives_each_bank_its_own_step_despite_the_padding():
+    """Banks of different shapes share one zero-padded stack; each must still take the step of
+    its own matrix (written out per bank, in fp32), followed by the decoupled weight decay."""
+    torch.manual_seed(0)
+    banks = [torch.nn.Parameter(torch.randn(*shape)) for shape in ((16, 8, 3, 3), (8, 24, 3, 3), (32, 16, 3, 3))]
+    muon = FilterMuon(banks, lr=0.0, momentum=0.655, ns_steps=3, lr_scale=1.0, ns_coefficients=HIVERGE_NS,
+                      weight_decay=0.0016, batched=True, renorm_every=(1, 1))
+    lr, buffers = 0.205, [torch.zeros_like(b) for b in banks]
+    for _ in range(2):  # the second step uses the momentum, summed as the record sums it
+        for bank in banks:
+            bank.grad = torch.randn_like(bank)
+        before = [b.detach().clone() for b in banks]
+        muon.param_groups[0]["lr"] = lr
+        muon.step()
+        for bank, old, buf in zip(banks, before, buffers):
+            buf.mul_(0.655).add_(bank.grad)
+            direction = (bank.grad + 0.655 * buf).reshape(len(bank), -1)
+            update = newton_schulz(direction, 3, HIVERGE_NS, torch.float32).view(bank.shape)
+            expected = (old * math.sqrt(len(bank)) / old.norm() - lr * update) * (1 - lr * 0.0016)
+            assert_close_to_scale(bank.detach(), expected, rel=1e-5)
+
+
+def test_the_re_normalisation_interval_grows_over_the_run_as_the_records_rule():
+    """hiverge re-normalises when at least 2 + int(15 x step / total) steps have passed since the
+    last time (step counted from 1); with LR 0 a step changes a bank only by re-normalising."""
+    total = 60
+    bank = torch.nn.Parameter(torch.randn(4, 2, 3, 3))
+    muon = FilterMuon([bank], lr=0.0, momentum=0.5, ns_steps=1, lr_scale=1.0, batched=True, renorm_every=(2, 17),
+                      total_steps=total)
+    renormalised = []
+    for step in range(1, total + 1):
+        with torch.no_grad():
+            bank.mul_(10.0 / bank.norm())  # far from sqrt(4) = 2
+        bank.grad = torch.randn_like(bank)
+        muon.step()
+        if abs(bank.norm().item() - 2.0) < 1e-4:
+            renormalised.append(step)
+    expected, last = [], 0
+    for step in range(1, total + 1):
+        if step - last >= 2 + int(15 * step / total):
+            expected.append(step)
+            last = step
+    assert renormalised == expected and expected[:2] == [2, 5] and len(expected) < total // 5
+
+
+def test_colour_jitter_shifts_then_scales_each_image_by_its_epochs_draw():
+    from repro.resnet.loaders import DeviceBatches
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8)
+    loader = DeviceBatches(images, np.zeros(2000), batch_size=2000, seed=0, device=torch.device("cpu"),
+                           pad=2, flip="alternating", choices="per_image", brightness=0.14, contrast=0.13)
+    drawn = loader.draw_epoch_choices()
+    shift, factor = drawn["brightness"], drawn["contrast"]
+    assert shift.abs().max() <= 0.14 and (factor - 1).abs().max() <= 0.13
+    # uniform draws: the spread of a uniform on [-r, r] is r / sqrt(3)
+    assert shift.std().item() == pytest.approx(0.14 / math.sqrt(3), rel=0.1)
+    assert factor.std().item() == pytest.approx(0.13 / math.sqrt(3), rel=0.1)
+    index = torch.arange(0, 2000, 7)
+    jittered = loader.augment(index)
+    for key in ("brightness", "contrast"):
+        del loader._on_device[key]
+    plain = loader.augment(index)
+    expected = (plain + shift[index].view(-1, 1, 1, 1)) * factor[index].view(-1, 1, 1, 1)
+    assert_close_to_scale(jittered, expected)
+
+
+def test_multiview_mean_weights_the_six_views_of_the_record_equally():
+    """hiverge's views, built here as its code builds them: reflect-pad 1 pixel, the top-left and
+    bottom-right 32x32 crops, the image itself, and the mirror of each."""
+    from repro.resnet.evaluation import tta_logits
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10)).eval()
+    x = torch.randn(5, 3, 32, 32)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = [x, padded[:, :, :32, :32], padded[:, :, 2:, 2:]]
+    views += [v.flip(3) for v in views]
+    with torch.no_grad():
+        expected = torch.stack([net(v) for v in views]).mean(0)
+        assert_close_to_scale(tta_logits(net, x, "multiview_mean"), expected)
+        assert not torch.allclose(tta_logits(net, x, "multiview"), expected)  # airbench weights them 1/2, 1/4, 1/4
+
+
+def test_hiverge94_is_airbench94_muon_with_the_records_values():
+    stage, preset = load_stage("hiverge94"), load_preset("full")
+    assert (stage.source.seconds, stage.source.accuracy, stage.source.hardware) == (2.015, 0.94008, "A100")
+    assert "n = 2000" not in stage.source.note and "2000 runs" in stage.source.note
+    opt = stage.optimizer
+    # the record's torch values back from the mean-loss units of the file (summed loss over 1536 images)
+    peak = max(stage.schedule.lrs)
+    assert peak / 1536 == pytest.approx(0.5415) and peak / 1536 * opt.bias_lr_factor == pytest.approx(0.0573, rel=1e-6)
+    assert opt.weight_decay * 1536 * (peak / 1536) == pytest.approx(1.0418e-6 * 1536, rel=1e-6)
+    assert opt.muon_weight_decay == pytest.approx(1.0418e-6 * 1536)
+    assert (opt.batch_size, stage.schedule.epochs, opt.label_smoothing) == (1536, 7.59, 0.09)
+    assert (stage.evaluation.tta, stage.evaluation.tta_fraction) == ("multiview_mean", 0.25)
+    net = build_stage_net(stage, preset)
+    acts = [type(m).__name__ for m in net.modules() if type(m).__name__ in ("GELU", "SiLU")]
+    assert acts == ["GELU"] + ["SiLU"] * 6  # after the whitening, then two per group
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.momentum == pytest.approx(1 - 0.5566) for m in bns)
+    assert net[0].images == 960
+    steps = math.ceil(7.59 * (50_000 // 1536))
+    assert steps == 243  # the record's total_train_steps: 243 x 1536 = 373,248 images
+
+
+@pytest.mark.parametrize("text, message", [
+    ('extends = "airbench94"\n[optimizer]\nmuon_batched = true\n', 'optimizer.muon_batched has no effect without optimizer.kind = "muon"'),
+    ('extends = "hiverge94"\n[optimizer]\nmuon_renorm_every = [0, 3]\n', "muon_renorm_every must be two whole numbers"),
+    ('extends = "hiverge94"\n[optimizer]\nmuon_ns_coefficients = [1.0, 2.0]\n', "must be three numbers"),
+    ('extends = "hiverge94"\n[loader]\ncontrast = 1.5\n', "loader.contrast in [0, 1)"),
+    ('extends = "final"\n[loader]\nbrightness = 0.1\n', 'loader.brightness = 0.1 has no effect with loader.backend = "dataloader"'),
+])
+def test_hiverges_keys_refuse_what_they_cannot_do(text, message, tmp_path):
+    from repro.errors import UserError
+    from repro.resnet.config import ConfigDirs
+
+    (tmp_path / "mine.toml").write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_stage("mine", ConfigDirs((tmp_path,)))

@@ -45,12 +45,13 @@ def test_ladder_order_is_the_extends_chain():
     for parent, child in zip(main, main[1:]):
         assert load_stage(child).extends == parent
     # the later records branch off airbench94, each its own successor of it
-    assert order[len(main):] == ["airbench94_muon", "airbench95", "airbench96"]
-    assert [load_stage(s).extends for s in order[len(main):]] == ["airbench94", "airbench94", "airbench95"]
+    assert order[len(main):] == ["airbench94_muon", "hiverge94", "airbench95", "airbench96"]
+    assert [load_stage(s).extends for s in order[len(main):]] == ["airbench94", "airbench94_muon", "airbench94",
+                                                                 "airbench95"]
     ladders = load_ladders()
     assert ladders["post1"] == POST1 and ladders["all"] == order
     assert ladders["bag_of_tricks"][0] == "resnet9" and ladders["bag_of_tricks"][-1] == "tta"
-    assert ladders["records"] == ["airbench94", "airbench94_muon", "airbench95", "airbench96"]
+    assert ladders["records"] == ["airbench94", "airbench94_muon", "hiverge94", "airbench95", "airbench96"]
 
 
 @pytest.mark.parametrize("stage", available_stages()[1:])
@@ -211,7 +212,7 @@ def test_workers_are_used_as_configured(monkeypatch):
 
 def test_unknown_stage_lists_valid_ones():
     with pytest.raises(UserError, match="unknown stage 'fastest'; valid stages: baseline, simplified, preprocessed, "
-                                        "bulk_rng, final, batch512, .*, tta, airbench94, airbench94_muon, airbench95, "
+                                        "bulk_rng, final, batch512, .*, tta, airbench94, airbench94_muon, hiverge94, airbench95, "
                                         "airbench96, all"):
         load_stage("fastest")
 
@@ -223,7 +224,7 @@ def test_net_table_is_checked_against_the_builder(tmp_path):
                                         r"net\.arch, net\.pool_before_bn"):
         load_stage(str(bad))
     bad.write_text('extends = "tta"\n[net]\nactivation = "swish"\n')
-    with pytest.raises(UserError, match="activation must be relu, celu or gelu, not 'swish'"):
+    with pytest.raises(UserError, match="activation must be relu, celu, gelu or silu, not 'swish'"):
         load_stage(str(bad))
     bad.write_text('extends = "tta"\n[net]\nghost_bn_splits = "16"\n')
     with pytest.raises(UserError, match="net.ghost_bn_splits must be int"):

@@ -147,6 +147,11 @@ class OptimizerSection:
     muon_lr: float = 0.0  # Muon's LR at the schedule's peak; it follows the schedule's shape
     muon_momentum: float = 0.6
     muon_ns_steps: int = 3  # Newton-Schulz iterations
+    muon_ns_coefficients: tuple[float, ...] = muon.TORCH_NS_COEFFICIENTS  # its quintic's (a, b, c)
+    # hiverge: the banks re-normalised every N steps, N growing linearly from the first to the second
+    muon_renorm_every: tuple[float, ...] = (1, 1)
+    muon_weight_decay: float = 0.0  # hiverge: w <- w (1 - lr x this) after each Muon step
+    muon_batched: bool = False  # hiverge: one zero-padded stack, one batched Newton-Schulz in the run's precision
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,8 @@ class LoaderSection:
     choices: str = "grouped"  # device backend: "grouped" (post 8) | "per_image" (airbench)
     max_groups: int = 200  # grouped choices: at most this many distinct choices per augmentation per epoch
     drop_last: bool = False
+    brightness: float = 0.0  # device backend (hiverge): a shift uniform in [-this, this] per image and epoch
+    contrast: float = 0.0  # ... then a factor uniform in [1 - this, 1 + this]
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ class EmaSection:
 
 @dataclass(frozen=True)
 class EvaluationSection:
-    tta: str = "none"  # "flip" (post 8) | "multiview" (airbench: flip x {0, up-left, down-right})
+    tta: str = "none"  # "flip" (post 8) | "multiview" (airbench: flip x {0, up-left, down-right}) | "multiview_mean" (hiverge)
     # hiverge: the TTA views only for this share of the test images, the least confident after a plain pass
     tta_fraction: float = 1.0
 
@@ -431,6 +438,8 @@ def _check_stage(stage: StageConfig, where: str) -> None:
     loader = stage.loader
     if loader.workers < 0 or loader.pad < 0 or loader.cutout < 0 or loader.max_groups < 2:
         raise UserError(f"{where}: loader.workers, pad and cutout must be >= 0 and max_groups >= 2")
+    if not (0 <= loader.brightness and 0 <= loader.contrast < 1):
+        raise UserError(f"{where}: loader.brightness must be >= 0 and loader.contrast in [0, 1)")
     if loader.pad >= loaders.SIZE or loader.cutout > loaders.SIZE:
         raise UserError(f"{where}: loader.pad and loader.cutout must be below the image size {loaders.SIZE}")
     try:
@@ -457,11 +466,25 @@ def _check_stage(stage: StageConfig, where: str) -> None:
     if opt.whitening_bias_decay == "linear" and opt.freeze_whitening_bias_after <= 0:
         raise UserError(f'{where}: optimizer.whitening_bias_decay = "linear" needs freeze_whitening_bias_after > 0 '
                         "(the epoch its LR reaches 0)")
+    if opt.kind != "muon":
+        muon_keys = [f.name for f in dataclasses.fields(opt) if f.name.startswith("muon_")]
+        changed = [k for k in muon_keys if getattr(opt, k) != getattr(OptimizerSection(), k)]
+        if changed:
+            raise UserError(f'{where}: optimizer.{changed[0]} has no effect without optimizer.kind = "muon"')
     if opt.kind == "muon":
         if not (opt.muon_lr > 0 and 0 <= opt.muon_momentum < 1 and opt.muon_ns_steps >= 1):
             raise UserError(f"{where}: Muon needs optimizer.muon_lr > 0, muon_momentum in [0, 1), muon_ns_steps >= 1")
+        if len(opt.muon_ns_coefficients) != 3:
+            raise UserError(f"{where}: optimizer.muon_ns_coefficients must be three numbers (a, b, c)")
+        every = opt.muon_renorm_every
+        if len(every) != 2 or not all(float(n).is_integer() and n >= 1 for n in every):
+            raise UserError(f"{where}: optimizer.muon_renorm_every must be two whole numbers of steps >= 1 "
+                            f"(the interval at the run's start and end), not {list(every)}")
+        if opt.muon_weight_decay < 0:
+            raise UserError(f"{where}: optimizer.muon_weight_decay must be >= 0")
         try:
-            muon.require_muon()
+            if not opt.muon_batched:  # the batched iteration is the suite's own
+                muon.require_muon()
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None
 

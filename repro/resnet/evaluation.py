@@ -3,6 +3,7 @@
 * ``flip`` (post 8 step 9): the mean of the logits of each image and its mirror.
 * ``multiview`` (airbench94): weights 1/2 for that flip pair, and 1/4 for each flip pair of the
   image translated by one pixel up-left and down-right (reflect padding): 6 views.
+* ``multiview_mean`` (hiverge): the same 6 views, each weighted 1/6.
 
 ``tta_fraction`` below 1 makes either selective (hiverge's record): one plain pass over the whole
 test set, then the views only for that share of the images, the least confident (lowest softmax
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-TTA_MODES = ("none", "flip", "multiview")
+TTA_MODES = ("none", "flip", "multiview", "multiview_mean")
 
 
 def flip_mean(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -35,9 +36,10 @@ def tta_logits(net: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
         return net(x).float()
     if tta == "flip":
         return flip_mean(net, x)
-    if tta == "multiview":
+    if tta in ("multiview", "multiview_mean"):
         shifted = 0.5 * (flip_mean(net, translate(x, -1, -1)) + flip_mean(net, translate(x, 1, 1)))
-        return 0.5 * flip_mean(net, x) + 0.5 * shifted
+        plain_weight = 0.5 if tta == "multiview" else 1 / 3
+        return plain_weight * flip_mean(net, x) + (1 - plain_weight) * shifted
     raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
 
 

@@ -159,7 +159,9 @@ def make_activation(name: str, celu_alpha: float = 0.075) -> nn.Module:
         return nn.CELU(celu_alpha)
     if name == "gelu":
         return nn.GELU()
-    raise ValueError(f"activation must be relu, celu or gelu, not {name!r}")
+    if name == "silu":
+        return nn.SiLU()
+    raise ValueError(f"activation must be relu, celu, gelu or silu, not {name!r}")
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -369,9 +371,11 @@ class IdentityInitConv(nn.Conv2d):
 
 def airbench94(*, widths: tuple = (64, 256, 256), logit_scale: float = 1 / 9, bn_eps: float = 1e-12,
                bn_momentum: float = 0.4, whitening_eps: float = 5e-4, whitening_images: int = 5000,
-               head_init: str = "default", convs_per_group: int = 2, width_divisor: int = 1) -> nn.Module:
+               head_init: str = "default", convs_per_group: int = 2, activation: str = "gelu",
+               width_divisor: int = 1) -> nn.Module:
     """2x2 whitening (12 eigenvectors and their negatives, with a bias) -> GELU -> three groups
-    (conv, pool, BN, GELU, conv, BN, GELU) -> 3x3 max-pool -> Linear without bias x ``logit_scale``.
+    (conv, pool, BN, act, conv, BN, act) -> 3x3 max-pool -> Linear without bias x ``logit_scale``;
+    ``activation`` is the groups' (hiverge: silu), the GELU after the whitening stays.
     BN scales are frozen at 1; ``bn_momentum`` is PyTorch's convention. ``head_init = "unit_std"``
     (airbench94_muon) rescales the Linear's initial weights to standard deviation 1.
     ``convs_per_group = 3`` (airbench96): after the pooled conv, two convs (each BN, GELU) with a
@@ -390,10 +394,10 @@ def airbench94(*, widths: tuple = (64, 256, 256), logit_scale: float = 1 / 9, bn
         nn.GELU()]
     c_in = 24
     for c_out in w:
-        layers += [IdentityInitConv(c_in, c_out), nn.MaxPool2d(2), bn(c_out), nn.GELU()]
-        second = [IdentityInitConv(c_out, c_out), bn(c_out), nn.GELU()]
+        layers += [IdentityInitConv(c_in, c_out), nn.MaxPool2d(2), bn(c_out), make_activation(activation)]
+        second = [IdentityInitConv(c_out, c_out), bn(c_out), make_activation(activation)]
         if convs_per_group == 3:
-            layers.append(Residual(*second, IdentityInitConv(c_out, c_out), bn(c_out), nn.GELU()))
+            layers.append(Residual(*second, IdentityInitConv(c_out, c_out), bn(c_out), make_activation(activation)))
         else:
             layers += second
         c_in = c_out

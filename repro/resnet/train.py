@@ -150,7 +150,7 @@ class OptimizerSet:
 
 
 def make_optimizer(net: nn.Module, opt: OptimizerSection, batch_size: int, *, implementation: str = "fused",
-                   peak_lr: float = 1.0):
+                   peak_lr: float = 1.0, total_steps: int = 1, ns_dtype: torch.dtype = torch.float32):
     """SGD over the two parameter groups. ``implementation``: ``fused`` (one kernel for all the
     parameters: the same update; on a 2-core CPU no measurable gain, the optimizer step being
     ~0.2% of an airbench94 step, see scripts/bench_step.py; on a GPU it saves kernel launches),
@@ -158,7 +158,9 @@ def make_optimizer(net: nn.Module, opt: OptimizerSection, batch_size: int, *, im
     the device gets the default.
 
     ``opt.kind = "muon"``: the trainable conv filters go to ``muon.FilterMuon`` instead, whose LR
-    follows the schedule's shape (``muon_lr`` at the schedule's ``peak_lr``)."""
+    follows the schedule's shape (``muon_lr`` at the schedule's ``peak_lr``), whose re-normalisation
+    interval follows the run's progress over ``total_steps``, and whose batched Newton-Schulz runs
+    in ``ns_dtype``."""
     flags = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[implementation]
     filters = [p for p in net.parameters() if p.ndim == 4 and p.requires_grad] if opt.kind == "muon" else []
     groups = param_groups(net, opt, batch_size, exclude=frozenset(map(id, filters)))
@@ -169,7 +171,9 @@ def make_optimizer(net: nn.Module, opt: OptimizerSection, batch_size: int, *, im
     if not filters:
         return sgd
     muon = FilterMuon(filters, lr=0.0, momentum=opt.muon_momentum, ns_steps=opt.muon_ns_steps,
-                      lr_scale=opt.muon_lr / peak_lr)
+                      lr_scale=opt.muon_lr / peak_lr, ns_coefficients=opt.muon_ns_coefficients,
+                      weight_decay=opt.muon_weight_decay, renorm_every=tuple(map(int, opt.muon_renorm_every)),
+                      total_steps=total_steps, batched=opt.muon_batched, ns_dtype=ns_dtype)
     return OptimizerSet(sgd, muon)
 
 
@@ -462,7 +466,9 @@ def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, seed: int, se
     net.train()
     return Run(stage=stage, settings=settings, net=net,
                model=compiled if compiled is not None else data_parallel(net, device, ranks), compiled=compiled,
-               optimizer=make_optimizer(net, opt_cfg, train.batch_size, peak_lr=max(stage.schedule.lrs)),
+               optimizer=make_optimizer(net, opt_cfg, train.batch_size, peak_lr=max(stage.schedule.lrs),
+                                        total_steps=steps_planned,
+                                        ns_dtype=amp.autocast_dtype or amp.weights_dtype),
                average=average, amp=amp, timer=timer, train=train, test=test, epochs=epochs,
                steps_per_epoch=steps_per_epoch, steps_planned=steps_planned, whole_batches=whole_batches, flops_per_step=flops_per_step,
                target=preset.target_accuracy, batch_norm_dtype=batch_norm_dtype, whitening=whitening)

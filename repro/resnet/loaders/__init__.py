@@ -73,7 +73,8 @@ def make_train_loader(loader, images: np.ndarray, labels: np.ndarray, *, batch_s
     if loader.backend == "device":
         return DeviceBatches(images, labels, batch_size=batch_size, seed=seed, device=device, pad=loader.pad,
                              flip=loader.flip, cutout=loader.cutout, choices=loader.choices,
-                             max_groups=loader.max_groups, drop_last=loader.drop_last, shard=shard)
+                             max_groups=loader.max_groups, drop_last=loader.drop_last,
+                             brightness=loader.brightness, contrast=loader.contrast, shard=shard)
     if loader.backend == "dali":
         return DaliBatches(images, labels, batch_size=batch_size, seed=seed, device=device, pad=loader.pad,
                            flip=loader.flip, drop_last=loader.drop_last)

@@ -2,7 +2,9 @@
 training device as uint8; each epoch draws every image's crop, flip and cutout in bulk, either
 grouped (post 8: a random permutation of the images split into at most ``max_groups`` even
 groups, one choice per group, so each image's choice is still uniform) or per image (airbench),
-and each batch is cut out, flipped and normalised by one gather. No DataLoader, no workers."""
+and each batch is cut out, flipped and normalised by one gather. No DataLoader, no workers.
+hiverge's colour jitter draws each image's brightness shift and contrast factor once per epoch
+too, and applies them to the normalised batch."""
 
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ class DeviceBatches:
     choices per epoch, to even groups of images (``grouped_choices``); ``"per_image"`` (airbench):
     an independent uniform choice per image. ``flip = "alternating"`` (airbench): a random half
     flipped in the first epoch, and from then on each image flipped exactly when it was not
-    flipped the epoch before.
+    flipped the epoch before. ``brightness = r`` and ``contrast = s`` (hiverge): each image's
+    normalised pixels get a shift uniform in [-r, r] added, then are multiplied by a factor
+    uniform in [1 - s, 1 + s], both drawn per image and epoch.
 
     The reflect padding, the crop and the flip only move pixels, so for a batch they are one
     index computed from the choices and one ``index_select`` of bytes from the unpadded set,
@@ -44,13 +48,14 @@ class DeviceBatches:
     """
 
     CHOICE_MODES = ("grouped", "per_image")
-    ACCEPTS = Accepts(reads=frozenset({"pad", "flip", "cutout", "choices", "max_groups", "drop_last"}),
+    ACCEPTS = Accepts(reads=frozenset({"pad", "flip", "cutout", "choices", "max_groups", "drop_last", "brightness",
+                                       "contrast"}),
                       flips=("random", "alternating", "none"), cutout=True, split_over_ranks=True)
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
                  device: torch.device, pad: int = PAD, flip: str = "random", cutout: int = 0,
                  choices: str = "grouped", max_groups: int = 200, drop_last: bool = False,
-                 shard: Shard = Shard()):
+                 brightness: float = 0.0, contrast: float = 0.0, shard: Shard = Shard()):
         if choices not in self.CHOICE_MODES:
             raise ValueError(f"choices must be one of {self.CHOICE_MODES}, not {choices!r}")
         images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -60,6 +65,7 @@ class DeviceBatches:
         self.device, self.batch_size, self.drop_last = device, batch_size, drop_last
         self.pad, self.flip, self.cutout = pad, flip, cutout
         self.choices, self.max_groups, self.shard = choices, max_groups, shard
+        self.brightness, self.contrast = brightness, contrast
         self.pixels = torch.from_numpy(images).reshape(-1).to(device)  # (N * 32 * 32 * 3,) bytes, HWC order
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         # int32 offsets halve the index arithmetic (2x faster on a CPU) wherever they reach every byte
@@ -99,8 +105,12 @@ class DeviceBatches:
         self.flipped = choices.get("flip")
         if self.cutout:
             choices["cutout"] = self._draw((SIZE - self.cutout + 1) ** 2)
-        self._on_device = {k: v.to(self.device, torch.bool if k == "flip" else self.index_dtype)
-                           for k, v in choices.items()}
+        for jitter, spread, centre in (("brightness", self.brightness, 0.0), ("contrast", self.contrast, 1.0)):
+            if spread:
+                self.rng_calls += 1
+                choices[jitter] = centre + spread * (2 * torch.rand(len(self.labels), generator=self.generator) - 1)
+        dtypes = {"flip": torch.bool, "brightness": torch.float32, "contrast": torch.float32}
+        self._on_device = {k: v.to(self.device, dtypes.get(k, self.index_dtype)) for k, v in choices.items()}
         return choices
 
     def augment(self, index: torch.Tensor) -> torch.Tensor:
@@ -116,6 +126,10 @@ class DeviceBatches:
         where = row_start[:, None, :, None] + self.channel + (cols * 3)[:, None, None, :]  # (B, 3, 32, 32)
         x = self.pixels.index_select(0, where.reshape(-1)).view(where.shape).float()
         x = x.mul_(self.scale).add_(self.shift)
+        if "brightness" in c:
+            x = x.add_(c["brightness"][index].view(-1, 1, 1, 1))
+        if "contrast" in c:
+            x = x.mul_(c["contrast"][index].view(-1, 1, 1, 1))
         if self.cutout:  # zero after normalising: the square becomes the data mean, as in post 3
             square, side = c["cutout"][index, None], SIZE - self.cutout + 1
             y0, x0 = square // side, square % side
