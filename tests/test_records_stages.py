@@ -116,7 +116,7 @@ def test_airbench95s_average_starts_late_and_is_copied_back_every_epoch():
     assert net.weight.item() == pytest.approx(3.0 * decay + 5.0 * (1 - decay))
 
 
-@pytest.mark.parametrize("stage", ["airbench94_muon", "hiverge94", "airbench95", "airbench96"])
+@pytest.mark.parametrize("stage", ["airbench94_muon", "hiverge94", "airbench95", "airbench96", "airbench96_faster"])
 def test_the_later_records_run_on_the_smoke_preset(stage, tmp_path):
     if stage == "airbench94_muon" and not muon_available():
         pytest.skip("this torch has no torch.optim.Muon")
@@ -124,7 +124,7 @@ def test_the_later_records_run_on_the_smoke_preset(stage, tmp_path):
     (rec,) = read_records(tmp_path)
     assert rec["status"] == "ok" and rec["stage"] == stage and rec["test_accuracy_no_tta"] is not None
     assert rec["blog_seconds"] == {"airbench94_muon": 2.59, "hiverge94": 2.015, "airbench95": 10.4,
-                                   "airbench96": 46.3}[stage]
+                                   "airbench96": 46.3, "airbench96_faster": 27.3}[stage]
     assert len(rec["epochs"]) == 2 and all(math.isfinite(e["train_loss"]) for e in rec["epochs"])
 
 
@@ -292,3 +292,71 @@ def test_hiverges_keys_refuse_what_they_cannot_do(text, message, tmp_path):
     (tmp_path / "mine.toml").write_text(text)
     with pytest.raises(UserError, match=re.escape(message)):
         load_stage("mine", ConfigDirs((tmp_path,)))
+
+
+# ---- airbench96_faster: data filtering by a proxy net
+
+
+def test_the_proxy_keeps_the_hardest_half_and_trains_on_every_fourth_batch_only():
+    from repro.devices import Amp
+    from repro.resnet.config import FilterSection
+    from repro.resnet.filtering import ProxyFilter
+
+    torch.manual_seed(0)
+    proxy = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 30 * 30, 10))
+    sgd = torch.optim.SGD(proxy.parameters(), lr=0.1, momentum=0.9)
+    chooser = ProxyFilter(proxy, sgd, FilterSection(keep=0.25, proxy_step_every=4), 0.2, "sum",
+                          Amp(torch.device("cpu"), "fp32"))
+    for call in range(6):
+        x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+        before = [p.detach().clone() for p in proxy.parameters()]
+        with torch.no_grad():  # the proxy's losses in training mode (batch statistics), before any step
+            losses = torch.nn.functional.cross_entropy(copy.deepcopy(proxy).train()(x), y, label_smoothing=0.2,
+                                                       reduction="none")
+        keep = chooser.select(x, y)
+        assert keep.tolist() == sorted(losses.argsort(descending=True)[:4].tolist())  # 25% of 16, in batch order
+        moved = any(not torch.equal(a, b) for a, b in zip(before, proxy.parameters()))
+        assert moved == (call % 4 == 0)
+
+
+def test_the_filtering_stage_trains_its_net_on_the_kept_images_only():
+    from repro.data import SYNTHETIC, load_cifar10
+    from repro.resnet.train import TrainSettings, prepare, run_epoch
+
+    stage, preset = load_stage("airbench96_faster"), load_preset("smoke")
+    data = load_cifar10(SYNTHETIC, synthetic_sizes=(512, 256), seed=0)
+    run = prepare(stage, preset, data, 0, TrainSettings())
+    sizes = []
+    run.net.register_forward_pre_hook(lambda module, args: sizes.append((module.training, len(args[0]))))
+    row = run_epoch(run, 0)
+    assert {n for training, n in sizes if training} == {256}  # half of each batch of 512 (the smoke subset)
+    assert {n for training, n in sizes if not training} == {256}  # the test pass sees every test image
+    assert row.phases["filtering"] > 0
+    proxy = run.proxy_filter.net
+    assert [m.out_channels for m in proxy.modules() if isinstance(m, torch.nn.Conv2d)][1:] == [4, 4, 8, 8, 8, 8]
+    assert not proxy[0].bias.requires_grad and not proxy[0].bias.any()  # its whitening bias stays 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ('extends = "airbench96"\n[filter]\nkeep = 1.5\n', "filter.keep must be above 0 and at most 1"),
+    ('extends = "airbench96"\n[filter]\nproxy_step_every = 2\n', "[filter] has no effect with filter.keep = 1"),
+    ('extends = "airbench96_faster"\n[filter]\nproxy_net = { depth = 2 }\n', "unknown config key net.depth"),
+])
+def test_the_filter_table_refuses_what_it_cannot_do(text, message, tmp_path):
+    from repro.errors import UserError
+    from repro.resnet.config import ConfigDirs
+
+    (tmp_path / "mine.toml").write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_stage("mine", ConfigDirs((tmp_path,)))
+
+
+def test_airbench96_faster_carries_its_source_and_the_records_code_values():
+    stage = load_stage("airbench96_faster")
+    assert (stage.source.seconds, stage.source.accuracy, stage.schedule.epochs) == (27.3, 0.96, 45)
+    assert stage.net["widths"] == (128, 384, 512) and stage.filter.proxy_net["widths"] == [32, 64, 64]
+    assert 45 * (50_000 // 1024) == 2160  # the record's steps: 48 a epoch, as the stage drops the last batch
+    # the record's LR: 0.2 -> 1 over the first 10% of 2160 steps (216 = 4.5 epochs), then linear to 0
+    assert stage.schedule.lr_at(4.5, 45) == pytest.approx(1.17391) and stage.schedule.lr_at(45, 45) == 0
+    assert stage.optimizer.weight_decay == pytest.approx(0.012 / 9, rel=1e-5)

@@ -53,12 +53,12 @@ def test_all_stages_run_and_are_logged(tmp_path, capsys, monkeypatch):
     for r in recs:
         assert r["status"] == "ok" and r["experiment"] == "resnet" and r["preset"] == "smoke"
         assert r["synthetic"] is True and "SYNTHETIC" in r["data_source"]
-        assert set(r["phases"]) == {"preprocessing", "data_wait", "forward_backward", "optimizer_step", "evaluation",
-                                    "final_evaluation"}
+        assert set(r["phases"]) == {"preprocessing", "data_wait", "filtering", "forward_backward", "optimizer_step",
+                                    "evaluation", "final_evaluation"}
         assert len(r["epochs"]) == 2 and r["train_images"] == 512
         # every phase is timed (no TTA pass in post 1), and within each epoch the phases account
         # for most of the epoch's own wall clock
-        assert r["phases"].pop("final_evaluation") == 0
+        assert r["phases"].pop("final_evaluation") == 0 and r["phases"].pop("filtering") == 0  # no TTA, no proxy
         assert all(seconds > 0 for seconds in r["phases"].values()), r["phases"]
         for e in r["epochs"]:
             assert 0.8 * e["seconds"] <= sum(e["phases"].values()) <= e["seconds"] * 1.01

@@ -45,9 +45,9 @@ def test_ladder_order_is_the_extends_chain():
     for parent, child in zip(main, main[1:]):
         assert load_stage(child).extends == parent
     # the later records branch off airbench94, each its own successor of it
-    assert order[len(main):] == ["airbench94_muon", "hiverge94", "airbench95", "airbench96"]
+    assert order[len(main):] == ["airbench94_muon", "hiverge94", "airbench95", "airbench96", "airbench96_faster"]
     assert [load_stage(s).extends for s in order[len(main):]] == ["airbench94", "airbench94_muon", "airbench94",
-                                                                 "airbench95"]
+                                                                 "airbench95", "airbench96"]
     ladders = load_ladders()
     assert ladders["post1"] == POST1 and ladders["all"] == order
     assert ladders["bag_of_tricks"][0] == "resnet9" and ladders["bag_of_tricks"][-1] == "tta"
@@ -213,7 +213,7 @@ def test_workers_are_used_as_configured(monkeypatch):
 def test_unknown_stage_lists_valid_ones():
     with pytest.raises(UserError, match="unknown stage 'fastest'; valid stages: baseline, simplified, preprocessed, "
                                         "bulk_rng, final, batch512, .*, tta, airbench94, airbench94_muon, hiverge94, airbench95, "
-                                        "airbench96, all"):
+                                        "airbench96, airbench96_faster, all"):
         load_stage("fastest")
 
 

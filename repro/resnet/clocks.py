@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# the phases of one optimiser step: waiting for the batch (loader + copy), the passes, the update
-TRAINING = ("data_wait", "forward_backward", "optimizer_step")
+# the phases of one optimiser step: waiting for the batch (loader + copy), choosing its images
+# (data filtering by a proxy net, airbench96_faster), the passes, the update
+TRAINING = ("data_wait", "filtering", "forward_backward", "optimizer_step")
 # the phases of an epoch: its steps and the test pass after it
 EPOCH_PHASES = (*TRAINING, "evaluation")
 # the phases every epoch row and every run has

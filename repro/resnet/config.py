@@ -193,6 +193,16 @@ class EvaluationSection:
 
 
 @dataclass(frozen=True)
+class FilterSection:
+    """airbench96_faster's data filtering (``repro.resnet.filtering``): the main net trains on the
+    share ``keep`` of each batch that a small proxy net finds hardest (1: every image, no proxy)."""
+
+    keep: float = 1.0
+    proxy_step_every: int = 4  # the proxy trains on every N-th batch and only scores the others
+    proxy_net: dict = field(default_factory=dict)  # [net] keys that make the stage's net the proxy
+
+
+@dataclass(frozen=True)
 class SourceSection:
     """What the stage's source published; read once here, shown beside every measurement."""
 
@@ -234,6 +244,7 @@ class StageConfig:
     batch_norm: BatchNormSection = field(default_factory=BatchNormSection)
     ema: EmaSection = field(default_factory=EmaSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    filter: FilterSection = field(default_factory=FilterSection)
     source: SourceSection = field(default_factory=SourceSection)
     # the stage's file and the files it extends, nearest first (not part of the recipe)
     files: tuple[str, ...] = field(default=(), compare=False)
@@ -247,7 +258,7 @@ class StageConfig:
 
 _SECTIONS = {"schedule": ScheduleSection, "optimizer": OptimizerSection, "loader": LoaderSection,
              "batch_norm": BatchNormSection, "ema": EmaSection, "evaluation": EvaluationSection,
-             "source": SourceSection}
+             "filter": FilterSection, "source": SourceSection}
 _NOT_INHERITED = ("source", "description")
 
 
@@ -463,6 +474,14 @@ def _check_stage(stage: StageConfig, where: str) -> None:
                         'evaluation.tta = "none" (it chooses which images get the TTA views)')
     if stage.ema.start_epochs < 0:
         raise UserError(f"{where}: ema.start_epochs must be >= 0")
+    filtering = stage.filter
+    if not (0 < filtering.keep <= 1 and filtering.proxy_step_every >= 1):
+        raise UserError(f"{where}: filter.keep must be above 0 and at most 1 (the share of each batch the net "
+                        f"trains on), not {filtering.keep:g}, and filter.proxy_step_every >= 1")
+    if filtering.keep == 1 and filtering != FilterSection():
+        raise UserError(f"{where}: [filter] has no effect with filter.keep = 1 (every image of each batch)")
+    if filtering.keep < 1:
+        _typed_net({**stage.net, **filtering.proxy_net}, f"{where}: filter.proxy_net")
     if opt.whitening_bias_decay == "linear" and opt.freeze_whitening_bias_after <= 0:
         raise UserError(f'{where}: optimizer.whitening_bias_decay = "linear" needs freeze_whitening_bias_after > 0 '
                         "(the epoch its LR reaches 0)")

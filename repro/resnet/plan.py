@@ -166,7 +166,8 @@ def epoch_line(stage: str, row: EpochRow) -> str:
     test = "     -" if row.test_accuracy is None else f"{100 * row.test_accuracy:5.1f}%"
     return (f"  {stage:<12} epoch {row.epoch:>3}  lr {row.lr:.4f}  train loss {row.train_loss:.3f}  "
             f"test acc {test}  {row.seconds:6.1f}s  "
-            + "  ".join(f"{p.split('_')[0][:4]} {row.phases[p]:.1f}s" for p in PHASES))
+            + "  ".join(f"{p.split('_')[0][:4]} {row.phases[p]:.1f}s" for p in PHASES
+                        if p != "filtering" or row.phases[p]))  # only for stages that filter
 
 
 def new_record(stage: StageConfig, seed: int, options: RunOptions, data: CifarArrays, group_id: str) -> RunRecord:

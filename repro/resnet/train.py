@@ -27,6 +27,7 @@ from .averaging import WeightAverage
 from .clocks import CLOCKS, FINAL, PHASES, seconds_on, training_seconds
 from .config import OptimizerSection, Preset, StageConfig, run_epochs, total_steps
 from .evaluation import evaluate
+from .filtering import ProxyFilter, build_proxy_net, kept_images
 from .loaders import Shard, batch_sizes, eval_batches, make_train_loader, normalise_transpose
 from .muon import FilterMuon
 from .nets import PatchWhitening, batch_norm_over_ranks, build_net, fit_whitening
@@ -215,10 +216,10 @@ def check_precision(stage: StageConfig, precision: str) -> None:
 
 
 def warm_up_and_count_flops(net: nn.Module, opt: OptimizerSection, batch_size: int, device, channels_last: bool,
-                            amp: Amp) -> int:
-    """One untimed fwd+bwd on random data with a throwaway copy (cuDNN autotuning, oneDNN
-    primitive creation), as the blog did before starting its clock; torch's counter reads the
-    step's FLOPs on the way."""
+                            amp: Amp, backward: bool = True) -> int:
+    """One untimed fwd+bwd (fwd only without ``backward``) on random data with a throwaway copy
+    (cuDNN autotuning, oneDNN primitive creation), as the blog did before starting its clock;
+    torch's counter reads the step's FLOPs on the way."""
     from torch.utils.flop_counter import FlopCounterMode
 
     spare = copy.deepcopy(net).train()
@@ -227,10 +228,11 @@ def warm_up_and_count_flops(net: nn.Module, opt: OptimizerSection, batch_size: i
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.zeros(batch_size, dtype=torch.long, device=device)
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, torch.set_grad_enabled(backward):
         with amp.autocast():
             loss = loss_fn(spare(x), y, opt)
-        loss.backward()
+        if backward:
+            loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return int(counter.get_total_flops())
@@ -350,6 +352,8 @@ def check_split_over_ranks(stage: StageConfig, preset: Preset, ranks: int) -> No
     ``ranks`` ranks (``--ddp``): the loader must be able to shard, every rank needs images, and
     ghost BN's splits must divide among the ranks (checked by the conversion itself)."""
     try:
+        if stage.filter.keep < 1 and ranks > 1:
+            raise UserError("--ddp cannot spread data filtering ([filter] keep) over ranks yet; run it on one")
         loaders.check_split_over_ranks(stage.loader.backend)
         loaders.check_batch_over_ranks(min(stage.optimizer.batch_size, preset.train_images or stage.optimizer.batch_size),
                                        ranks)
@@ -391,6 +395,7 @@ class Run:
     compiled: nn.Module | None  # torch.compile of ``net`` (``--compile``), which trains and evaluates it
     optimizer: torch.optim.Optimizer
     average: WeightAverage | None
+    proxy_filter: ProxyFilter | None  # [filter]: which images of each batch the net trains on
     amp: Amp
     timer: PhaseTimer
     train: object  # the loader backend's batches
@@ -438,11 +443,20 @@ def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, seed: int, se
     if settings.channels_last:
         net = net.to(memory_format=torch.channels_last)
     batch_norm_dtype = cast_batch_norm(net, amp, stage.batch_norm.keep_fp32)
+    proxy = None
+    if stage.filter.keep < 1:
+        proxy = build_proxy_net(stage, preset).to(device, amp.weights_dtype)
+        if settings.channels_last:
+            proxy = proxy.to(memory_format=torch.channels_last)
+        cast_batch_norm(proxy, amp, stage.batch_norm.keep_fp32)
 
     with timer.phase("preprocessing"):  # DAWNBench and airbench count data preparation and whitening
         train = make_train_loader(stage.loader, data.train_images, data.train_labels,
                                   batch_size=opt_cfg.batch_size, seed=seed, device=device, shard=shard)
-        whitening = fit_whitening(net, torch.from_numpy(normalise_transpose(data.train_images[:10_000])))
+        whitening_images = torch.from_numpy(normalise_transpose(data.train_images[:10_000]))
+        whitening = fit_whitening(net, whitening_images)
+        if proxy is not None:
+            fit_whitening(proxy, whitening_images)
     epochs = run_epochs(preset, stage)
     whole_batches = batch_sizes(len(data.train_labels), train.batch_size, stage.loader.drop_last, ranks)
     steps_per_epoch = len(train)
@@ -453,23 +467,36 @@ def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, seed: int, se
                if stage.ema.kind != "none" else None)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    peak_lr, ns_dtype = max(stage.schedule.lrs), amp.autocast_dtype or amp.weights_dtype
+    proxy_filter = None
+    trained = train.batch_size  # images per step the net trains on
+    if proxy is not None:
+        proxy_filter = ProxyFilter(proxy, make_optimizer(proxy, opt_cfg, train.batch_size, peak_lr=peak_lr,
+                                                         total_steps=steps_planned, ns_dtype=ns_dtype),
+                                   stage.filter, opt_cfg.label_smoothing, opt_cfg.loss_reduction, amp)
+        trained = kept_images(stage.filter.keep, train.batch_size)
     # every rank counts its own slice's FLOPs; the run's are the ranks' together
-    flops_per_step = ranks * warm_up_and_count_flops(net, opt_cfg, shard_size(train.batch_size, shard), device,
+    flops_per_step = ranks * warm_up_and_count_flops(net, opt_cfg, shard_size(trained, shard), device,
                                                      settings.channels_last, amp)
+    if proxy is not None:  # the proxy scores every batch and trains on every proxy_step_every-th
+        scoring = warm_up_and_count_flops(proxy, opt_cfg, train.batch_size, device, settings.channels_last, amp,
+                                          backward=False)
+        stepping = warm_up_and_count_flops(proxy, opt_cfg, train.batch_size, device, settings.channels_last, amp)
+        flops_per_step += round(scoring + (stepping - scoring) / stage.filter.proxy_step_every)
     test = eval_batches(data.test_images, data.test_labels, opt_cfg.batch_size)
     compiled = None
     if settings.compile_net:
         with timer.phase("compile"):
             compiled = compile_for_shapes(net, opt_cfg, amp, device, settings.channels_last,
-                                          train_sizes={shard_size(n, shard) for n in whole_batches},
+                                          train_sizes={shard_size(kept_images(stage.filter.keep, n), shard)
+                                                       for n in whole_batches},
                                           eval_sizes={len(y) for _, y in test}, mode=settings.compile_mode)
     net.train()
     return Run(stage=stage, settings=settings, net=net,
                model=compiled if compiled is not None else data_parallel(net, device, ranks), compiled=compiled,
-               optimizer=make_optimizer(net, opt_cfg, train.batch_size, peak_lr=max(stage.schedule.lrs),
-                                        total_steps=steps_planned,
-                                        ns_dtype=amp.autocast_dtype or amp.weights_dtype),
-               average=average, amp=amp, timer=timer, train=train, test=test, epochs=epochs,
+               optimizer=make_optimizer(net, opt_cfg, train.batch_size, peak_lr=peak_lr, total_steps=steps_planned,
+                                        ns_dtype=ns_dtype),
+               average=average, proxy_filter=proxy_filter, amp=amp, timer=timer, train=train, test=test, epochs=epochs,
                steps_per_epoch=steps_per_epoch, steps_planned=steps_planned, whole_batches=whole_batches, flops_per_step=flops_per_step,
                target=preset.target_accuracy, batch_norm_dtype=batch_norm_dtype, whitening=whitening)
 
@@ -493,6 +520,13 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, step_in_epoch: int, s
     schedule, epoch_now = run.stage.schedule, run.steps / run.steps_per_epoch
     lr = schedule.lr_at(epoch_now, run.epochs)
     set_lr(run.optimizer, lr, epoch_now, max(schedule.lrs))  # run epochs, as the bias freezing counts them
+    if run.proxy_filter is not None:
+        with timer.phase("filtering"):
+            set_lr(run.proxy_filter.optimizer, lr, epoch_now, max(schedule.lrs))
+            keep = run.proxy_filter.select(x, y)
+            x, y = x[keep], y[keep]
+            if run.settings.channels_last:  # indexing gives NCHW back
+                x = x.contiguous(memory_format=torch.channels_last)
     with timer.phase("forward_backward"):
         with run.amp.autocast():
             logits = run.model(x)
