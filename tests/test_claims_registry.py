@@ -9,7 +9,7 @@ import repro.claims
 from repro.claims import select
 from repro.claims.__main__ import main
 from repro.claims.checkers.common import YES, Finding
-from repro.claims.checkers import blog, estimators, mt, mup, mup_sweep, pca, remat, resnet
+from repro.claims.checkers import blog, estimators, mt, mup, mup_sweep, pca, records, remat, resnet
 from repro.claims.registry import CLAIMS, Claim
 
 CATALOGUE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "llm-claims.md"
@@ -27,7 +27,7 @@ CATALOGUE_IDS = {
 CHECKER_MODULES = {
     "q1": mup, "q3a": mup_sweep, "q3b": mup, "q3c": mup, "q4": estimators, "q5": remat,
     "pca": pca, "ae": pca, "mt": mt,
-    "rn-3x": blog, "rn-learn1": blog, "rn-blog": blog, "rn": resnet,
+    "rn-3x": blog, "rn-learn1": blog, "rn-blog": blog, "rn-rec": records, "rn": resnet,
 }
 
 

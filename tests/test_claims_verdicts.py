@@ -49,6 +49,14 @@ EXPECTED = {
     # the post's own arithmetic: 0.92 GFLOP forward × 3 ≈ 2.76e9 (post 1's FLOP count); 2.8e9·5e4·35 = 4.9e15;
     # 5e15/1.25e14 = 40 s; 15 s / 35 = 0.43 s per epoch; 323 − 15 − 7 − 4 = 297
     "rn-blog-flops": Y, "rn-blog-total": Y, "rn-blog-40s": Y, "rn-blog-per-epoch": Y, "rn-blog-297": Y,
+    # the records' own claims: the fixture holds no run of a record stage (n.a.); the FLOP totals agree
+    # with the conv hand counts of fast-cifar-sota.md §6 (0.35-0.36 P airbench94, 0.28-0.29 Muon); hiverge's
+    # t = 0.008 / (0.132 / sqrt(2000)) = 2.71 gives p = 0.0034, and Φ(0.013 / 0.132) = 54% of runs at 94%
+    **{f"rn-rec-{stage}-{what}": NA for stage in ("airbench94", "airbench94_muon", "hiverge94", "airbench95",
+                                                  "airbench96", "airbench96_faster") for what in ("acc", "time")},
+    **{f"rn-rec-{stage}-flops": Y for stage in ("airbench94", "airbench94_muon", "airbench95", "airbench96",
+                                                "airbench96_faster")},
+    "rn-rec-hiverge94-p": Y, "rn-rec-hiverge94-share": Y,
 }
 
 # What each verdict rests on. Judgement: readings of the answer (a different question answered,

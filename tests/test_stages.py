@@ -51,7 +51,8 @@ def test_ladder_order_is_the_extends_chain():
     ladders = load_ladders()
     assert ladders["post1"] == POST1 and ladders["all"] == order
     assert ladders["bag_of_tricks"][0] == "resnet9" and ladders["bag_of_tricks"][-1] == "tta"
-    assert ladders["records"] == ["airbench94", "airbench94_muon", "hiverge94", "airbench95", "airbench96"]
+    assert ladders["records"] == ["airbench94", "airbench94_muon", "hiverge94", "airbench95", "airbench96",
+                                  "airbench96_faster"]
 
 
 @pytest.mark.parametrize("stage", available_stages()[1:])

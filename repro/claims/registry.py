@@ -15,6 +15,7 @@ tests/test_claims_registry.py holds every entry to this table):
     mt*               checkers/mt.py           decoder inputs with and without teacher forcing
     rn-3x, rn-learn1, checkers/blog.py         the post-1 text and its own arithmetic
       rn-blog*
+    rn-rec*           checkers/records.py      the records' published accuracy, time, FLOPs and statistics
     rn*               checkers/resnet.py       the blog's stage times and the run records
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .checkers import blog, estimators, mt, mup, mup_sweep, pca, remat, resnet
+from .checkers import blog, estimators, mt, mup, mup_sweep, pca, records, remat, resnet
 from .checkers.common import Context, Finding
 
 LECHAT_HW3 = "000_4252fa316c3fc423.txt"
@@ -55,6 +56,33 @@ def _c(id, transcript, assistant, quote, claimed, checker, **params):
 
 SQ = "d1 + (2/pi) d1 (d1-1)"
 BLOG = "blog (D. Page)"
+
+
+def _record_claims() -> tuple[Claim, ...]:
+    """Each record stage's published accuracy, time and FLOPs (its ``[source]``, where the record
+    states them), and hiverge's statistics: the records' claims rather than an assistant's."""
+    from repro.resnet.config import load_ladders, load_stage
+
+    claims = []
+    for stage in load_ladders()["records"]:
+        source = load_stage(stage).source
+        who, where = f"record ({stage.split('9')[0]})", f"{stage}'s [source]"
+        claims.append(_c(f"rn-rec-{stage}-acc", where, who, f"{100 * source.accuracy:g}% mean over {source.runs} runs",
+                         f"{100 * source.accuracy:g}%", records.published_accuracy, stage=stage))
+        claims.append(_c(f"rn-rec-{stage}-time", where, who, f"{source.seconds:g} s on an {source.hardware}",
+                         f"{source.seconds:g} s", records.published_time, stage=stage))
+        if source.pflops:
+            claims.append(_c(f"rn-rec-{stage}-flops", where, who, f"{source.pflops:g} PFLOP per run",
+                             f"{source.pflops:g} P", records.published_flops, stage=stage))
+    hiverge = "hiverge/cifar10-speedrun README"
+    claims += [
+        _c("rn-rec-hiverge94-p", hiverge, "record (hiverge)", "one-sided t-test against 94%: p = 0.0034",
+           "p = 0.0034", records.significance, stage="hiverge94", target=0.94, p=0.0034),
+        _c("rn-rec-hiverge94-share", hiverge, "record (hiverge)", "54.7% of the 2000 runs reach 94%",
+           "54.7%", records.share_at_target, stage="hiverge94", target=0.94, share=0.547),
+    ]
+    return tuple(claims)
+
 
 CLAIMS: tuple[Claim, ...] = (
     # ---- HW3 Q1: dense layer at init and after SignGD
@@ -238,4 +266,6 @@ CLAIMS: tuple[Claim, ...] = (
     _c("rn-blog-297", LECHAT_HW7, BLOG, "323s; a further 15s saving; shave a further 7s; save a further 4s … "
        "final training time for today of 297s", "323 − 15 − 7 − 4 = 297", blog.savings_add_up,
        start="simplified", savings=(("preprocessed", 15), ("bulk_rng", 7), ("final", 4))),
+    # ---- the records' own claims (airbench, hiverge)
+    *_record_claims(),
 )

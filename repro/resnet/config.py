@@ -211,6 +211,9 @@ class SourceSection:
     timing: str = "blog"  # which clock the seconds are on: a key of CLOCKS
     hardware: str = "V100"
     entry_seconds: float | None = None  # the number the ladder started from (Ben Johnson's 341 s)
+    runs: int | None = None  # how many runs the published accuracy is the mean of (the records)
+    accuracy_std: float | None = None  # their standard deviation, where published
+    pflops: float | None = None  # FLOPs per run (10^15), where published
     note: str = ""
     # the keys this stage changes from the one it extends (a test checks it against the real diff)
     changes: tuple[str, ...] = ()

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-TTA_MODES = ("none", "flip", "multiview", "multiview_mean")
+# each TTA mode and the forward passes it makes per test image
+TTA_VIEWS = {"none": 1, "flip": 2, "multiview": 6, "multiview_mean": 6}
+TTA_MODES = tuple(TTA_VIEWS)
 
 
 def flip_mean(net: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from . import loaders
 from .averaging import WeightAverage
 from .clocks import CLOCKS, FINAL, PHASES, seconds_on, training_seconds
 from .config import OptimizerSection, Preset, StageConfig, run_epochs, total_steps
-from .evaluation import evaluate
+from .evaluation import TTA_VIEWS, evaluate
 from .filtering import ProxyFilter, build_proxy_net, kept_images
 from .loaders import Shard, batch_sizes, eval_batches, make_train_loader, normalise_transpose
 from .muon import FilterMuon
@@ -236,6 +236,47 @@ def warm_up_and_count_flops(net: nn.Module, opt: OptimizerSection, batch_size: i
     if device.type == "cuda":
         torch.cuda.synchronize()
     return int(counter.get_total_flops())
+
+
+def count_step_flops(net: nn.Module, proxy: nn.Module | None, stage: StageConfig, batch: int, device,
+                     channels_last: bool, amp: Amp) -> int:
+    """FLOPs of one training step on ``batch`` images (warming the nets up on the way): the net's
+    forward and backward on the images it trains on; with a data-filtering ``proxy``, also the
+    proxy's forward on the whole batch and its backward on every ``proxy_step_every``-th."""
+    opt = stage.optimizer
+    trained = kept_images(stage.filter.keep, batch) if proxy is not None else batch
+    flops = warm_up_and_count_flops(net, opt, trained, device, channels_last, amp)
+    if proxy is not None:
+        scoring = warm_up_and_count_flops(proxy, opt, batch, device, channels_last, amp, backward=False)
+        stepping = warm_up_and_count_flops(proxy, opt, batch, device, channels_last, amp)
+        flops += round(scoring + (stepping - scoring) / stage.filter.proxy_step_every)
+    return flops
+
+
+@torch.no_grad()
+def recipe_flops(stage: StageConfig, preset: Preset, train_images: int = 50_000, test_images: int = 10_000
+                 ) -> tuple[float, float]:
+    """(training FLOPs, the final evaluation's FLOPs) of one run of ``stage`` under ``preset``,
+    without training: torch's counter on two-image batches, scaled (FLOPs grow linearly with
+    the batch), times the run's steps; the final pass is the TTA views of every test image (or,
+    selective, a plain pass and the views for the chosen share)."""
+    cpu, amp = torch.device("cpu"), Amp(torch.device("cpu"), "fp32")
+    net = build_stage_net(stage, preset)
+    proxy = build_proxy_net(stage, preset) if stage.filter.keep < 1 else None
+    batch = min(stage.optimizer.batch_size, train_images)
+    with torch.enable_grad():
+        per_step = count_step_flops(net, proxy, stage, 2, cpu, False, amp) * batch / 2
+    steps = total_steps(run_epochs(preset, stage), len(batch_sizes(train_images, batch, stage.loader.drop_last)))
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        net.eval()(torch.zeros(2, 3, 32, 32))
+    per_image = counter.get_total_flops() / 2
+    evaluation = stage.evaluation
+    views = TTA_VIEWS[evaluation.tta]
+    passes = views if evaluation.tta_fraction == 1 else 1 + views * evaluation.tta_fraction
+    return per_step * steps, per_image * passes * test_images
 
 
 class EpochStats:
@@ -469,20 +510,13 @@ def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, seed: int, se
         torch.backends.cudnn.benchmark = True
     peak_lr, ns_dtype = max(stage.schedule.lrs), amp.autocast_dtype or amp.weights_dtype
     proxy_filter = None
-    trained = train.batch_size  # images per step the net trains on
     if proxy is not None:
         proxy_filter = ProxyFilter(proxy, make_optimizer(proxy, opt_cfg, train.batch_size, peak_lr=peak_lr,
                                                          total_steps=steps_planned, ns_dtype=ns_dtype),
                                    stage.filter, opt_cfg.label_smoothing, opt_cfg.loss_reduction, amp)
-        trained = kept_images(stage.filter.keep, train.batch_size)
     # every rank counts its own slice's FLOPs; the run's are the ranks' together
-    flops_per_step = ranks * warm_up_and_count_flops(net, opt_cfg, shard_size(trained, shard), device,
-                                                     settings.channels_last, amp)
-    if proxy is not None:  # the proxy scores every batch and trains on every proxy_step_every-th
-        scoring = warm_up_and_count_flops(proxy, opt_cfg, train.batch_size, device, settings.channels_last, amp,
-                                          backward=False)
-        stepping = warm_up_and_count_flops(proxy, opt_cfg, train.batch_size, device, settings.channels_last, amp)
-        flops_per_step += round(scoring + (stepping - scoring) / stage.filter.proxy_step_every)
+    flops_per_step = ranks * count_step_flops(net, proxy, stage, shard_size(train.batch_size, shard),
+                                              device, settings.channels_last, amp)
     test = eval_batches(data.test_images, data.test_labels, opt_cfg.batch_size)
     compiled = None
     if settings.compile_net:
