@@ -41,7 +41,7 @@ class Pair:
     ``limit_scale``: its steps get this many times ``--limit`` (compilation comes first)."""
 
     script: str
-    stage: str | None  # None: no stage of the suite reproduces it yet
+    stage: str
     suite_options: tuple[str, ...] = ()
     limit_scale: float = 1.0
 
@@ -50,7 +50,7 @@ PAIRS = {
     "airbench94": Pair("airbench/airbench94.py", "airbench94"),
     "airbench94_compiled": Pair("airbench/airbench94_compiled.py", "airbench94", ("--compile",), 1.5),
     "airbench94_muon": Pair("airbench/airbench94_muon.py", "airbench94_muon"),
-    "hiverge94": Pair("hiverge/cifar10_speedrun.py", None, (), 2.0),
+    "hiverge94": Pair("hiverge/cifar10_speedrun.py", "hiverge94", (), 2.0),
 }
 CPU_PAIR = "airbench94_cpu"  # the port the anchors' cpu_port.py writes, beside --stage airbench94
 
@@ -229,9 +229,6 @@ def main(argv=None) -> int:
                        env=env_anchor)
         rows.append((name, "anchor", [(r.accuracy, r.seconds)
                                       for r in parse_anchor_output((log_dir / f"anchor-{name}.txt").read_text())]))
-        if pair.stage is None:
-            print(f"   {name}: no stage of the suite reproduces it yet", flush=True)
-            continue
         suite_log = log_dir / f"suite-{name}"
         ok &= run_step(f"{name}: the suite's {pair.stage}",
                        [py, "-m", "repro.resnet", "--stage", pair.stage, "--preset", "full", "--runs", str(args.runs),
