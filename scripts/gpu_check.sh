@@ -46,14 +46,14 @@ step() {
 }
 RESNET=("$PY" -m repro.resnet --preset full --device cuda --data "$DATA" --log-dir "$LOG_DIR")
 
-# --quick's limits: 60 s of CUDA tests (45 s on the H200, 2026-12-04), then 50 s a side for airbench94 and Muon,
-# 75 for the compiled pair and 100 for hiverge (compilation first; the H200 ran airbench94 in 4 s, Muon in 2.3 s),
-# the anchors' data cache (about 20 s): about 9 minutes in all.
+# --quick's limits: 60 s of CUDA tests (45 s on the H200, 2026-12-04), then 40 s a side for airbench94 and Muon,
+# 60 for the compiled pair, 80 for hiverge's anchor and 40 for the suite's eager hiverge94 (compilation first; the
+# H200 ran airbench94 in 4 s, Muon in 2.3 s), the anchors' data cache (about 20 s): about 9 minutes in all.
 step $(( QUICK ? 60 : 900 )) "pytest -m gpu" "$PY" -m pytest -m gpu -rs -p no:cacheprovider --junitxml "$LOG_DIR/pytest-gpu.xml"
 # pytest writes skip reasons with absolute paths: the results name files relative to the checkout instead
 [ -f "$LOG_DIR/pytest-gpu.xml" ] && sed -i "s#$PWD/##g" "$LOG_DIR/pytest-gpu.xml"
 step $(( QUICK ? 520 : 3600 )) "the anchors beside the suite" "$PY" scripts/anchor_side_by_side.py --python "$PY" \
-    --data "$DATA" --log-dir "$LOG_DIR/side-by-side" --limit $(( QUICK ? 50 : 300 ))
+    --data "$DATA" --log-dir "$LOG_DIR/side-by-side" --limit $(( QUICK ? 40 : 300 ))
 if [ "$QUICK" = 0 ]; then
     step 7200 "the post-1 ladder" "${RESNET[@]}" --stage all
     step 7200 "airbench94 and the later records, 3 runs each" "${RESNET[@]}" --ladder records --runs 3

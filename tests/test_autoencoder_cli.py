@@ -1,6 +1,5 @@
 """python -m repro.autoencoder through main([...]): records, bad input, interrupts."""
 
-import json
 import sys
 
 import numpy as np

@@ -11,7 +11,7 @@ from repro.autoencoder import __main__ as cli
 from repro.autoencoder import checks, theory
 from repro.autoencoder.data import named_spectrum, synthetic
 from repro.autoencoder.table import fmt_value, markdown_sections
-from repro.autoencoder.train import TrainConfig, covariance_objective, build_model, torch_objective, train
+from repro.autoencoder.train import TrainConfig, covariance_objective, build_model, train
 from repro.errors import UserError
 from repro.runlog import read_records
 

@@ -360,3 +360,9 @@ def test_airbench96_faster_carries_its_source_and_the_records_code_values():
     # the record's LR: 0.2 -> 1 over the first 10% of 2160 steps (216 = 4.5 epochs), then linear to 0
     assert stage.schedule.lr_at(4.5, 45) == pytest.approx(1.17391) and stage.schedule.lr_at(45, 45) == 0
     assert stage.optimizer.weight_decay == pytest.approx(0.012 / 9, rel=1e-5)
+    # the parameter counts the record's script prints (frozen BN scales and the whitening included)
+    from repro.resnet.filtering import build_proxy_net
+
+    full = load_preset("full")
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert (count(build_stage_net(stage, full)), count(build_proxy_net(stage, full))) == (9_918_776, 146_744)

@@ -114,7 +114,7 @@ esac
     assert (log_dir / "pytest-gpu.xml").read_text() == "<skipped>tests/test_gpu.py:89</skipped>\n"
     assert calls.read_text().splitlines() == [
         f"-m pytest -m gpu -rs -p no:cacheprovider --junitxml {log_dir}/pytest-gpu.xml",
-        f"scripts/anchor_side_by_side.py --python {fake} --data DATA --log-dir {log_dir}/side-by-side --limit 50",
+        f"scripts/anchor_side_by_side.py --python {fake} --data DATA --log-dir {log_dir}/side-by-side --limit 40",
         f"-m repro.report --log-dir {log_dir}/side-by-side/suite-airbench94 --out {log_dir}/report",
     ]
 

@@ -1,7 +1,5 @@
 """Adjacent stages differ in exactly the keys their source changed, and each difference is real."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -127,7 +126,7 @@ def claim_a_checks(X: np.ndarray, k: int, seed: int) -> list[Check]:
         Check(f"A: saddle {sad_label} max rel |grad|", max(sad["rel_grad_W1"], sad["rel_grad_W2"]), 0.0,
               f"<= {tol:g}", _verdict(max(sad["rel_grad_W1"], sad["rel_grad_W2"]) <= tol),
               "any eigenvector subset is first-order critical"),
-        Check(f"A: saddle loss - PCA loss", gap, predicted_gap, f"rel {loss_tol:g}, > 0",
+        Check("A: saddle loss - PCA loss", gap, predicted_gap, f"rel {loss_tol:g}, > 0",
               _verdict(gap > 0 and _within(gap, predicted_gap, loss_tol * sad["loss"])),
               "first order cannot single out PCA; the loss does"),
     ]

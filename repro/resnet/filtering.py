@@ -23,7 +23,7 @@ from torch import nn
 
 from ..devices import Amp
 from .config import FilterSection, Preset, StageConfig
-from .nets import PatchWhitening, build_net
+from .nets import PatchWhitening, build_stage_net
 
 
 def kept_images(keep: float, batch: int) -> int:
@@ -33,7 +33,7 @@ def kept_images(keep: float, batch: int) -> int:
 
 def build_proxy_net(stage: StageConfig, preset: Preset) -> nn.Module:
     """The stage's net with ``[filter] proxy_net``'s keys changed, at the preset's width divisor."""
-    return build_net(width_divisor=preset.width_divisor, **{**stage.net, **stage.filter.proxy_net})
+    return build_stage_net(stage, preset, stage.filter.proxy_net)
 
 
 class ProxyFilter:

@@ -426,3 +426,8 @@ def net_options(arch: str) -> dict[str, object]:
 
 def build_net(arch: str = "dawn_resnet18", *, width_divisor: int = 1, **options) -> nn.Module:
     return ARCHITECTURES[arch](width_divisor=width_divisor, **options)
+
+
+def build_stage_net(stage, preset, changes: dict | None = None) -> nn.Module:
+    """A stage's net (its ``[net]`` table, with ``changes`` to it) at a preset's width divisor."""
+    return build_net(width_divisor=preset.width_divisor, **{**stage.net, **(changes or {})})

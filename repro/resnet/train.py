@@ -30,7 +30,7 @@ from .evaluation import TTA_VIEWS, evaluate
 from .filtering import ProxyFilter, build_proxy_net, kept_images
 from .loaders import Shard, batch_sizes, eval_batches, make_train_loader, normalise_transpose
 from .muon import FilterMuon
-from .nets import PatchWhitening, batch_norm_over_ranks, build_net, fit_whitening
+from .nets import PatchWhitening, batch_norm_over_ranks, build_stage_net, fit_whitening
 from .records import EpochRow, RunResult
 
 # torch.compile's modes (--compile-mode): "reduce-overhead" adds CUDA graphs (a CPU has none to
@@ -97,10 +97,6 @@ class Hooks:
     on_step_losses: Callable[[list[float]], None] = lambda losses: None
     on_epoch: Callable[[EpochRow], None] = lambda row: None
     on_end: Callable[[RunResult], None] = lambda result: None
-
-
-def build_stage_net(stage: StageConfig, preset: Preset) -> nn.Module:
-    return build_net(width_divisor=preset.width_divisor, **stage.net)
 
 
 def is_bias(name: str, param: nn.Parameter) -> bool:
