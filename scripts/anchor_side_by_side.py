@@ -66,11 +66,12 @@ class AnchorRun:
 
 def parse_anchor_output(text: str) -> list[AnchorRun]:
     """Every finished run in an anchor's console: its table's rows with ``tta_val_acc`` filled
-    (one per run; the per-epoch rows leave it empty), the warm-up run left out. The columns
+    (one per run; the per-epoch rows leave it empty), the warm-up run left out (airbench prints a
+    run's number, or ``warmup``, on its first row only). The columns
     are read from the table's header, whose time column is ``total_time_seconds`` (airbench94)
     or ``time_seconds`` (airbench94_muon, hiverge)."""
     header: list[str] | None = None
-    runs = []
+    runs, run = [], ""
     for line in text.splitlines():  # hiverge's running means end in \r: their own lines here
         if not line.startswith("|"):
             continue
@@ -81,10 +82,11 @@ def parse_anchor_output(text: str) -> list[AnchorRun]:
         if header is None or len(cells) != len(header):
             continue
         row = dict(zip(header, cells))
+        run = row.get("run") or run  # airbench prints a run's number on its first row only
         seconds = row.get("total_time_seconds") or row.get("time_seconds")
-        if not row.get("tta_val_acc") or not seconds or row.get("run") == "warmup":
+        if not row.get("tta_val_acc") or not seconds or run == "warmup":
             continue
-        runs.append(AnchorRun(row["run"], float(row["tta_val_acc"]), float(seconds)))
+        runs.append(AnchorRun(run, float(row["tta_val_acc"]), float(seconds)))
     return runs
 
 

@@ -278,22 +278,6 @@ def test_hiverge94_is_airbench94_muon_with_the_records_values():
     assert steps == 243  # the record's total_train_steps: 243 x 1536 = 373,248 images
 
 
-@pytest.mark.parametrize("text, message", [
-    ('extends = "airbench94"\n[optimizer]\nmuon_batched = true\n', 'optimizer.muon_batched has no effect without optimizer.kind = "muon"'),
-    ('extends = "hiverge94"\n[optimizer]\nmuon_renorm_every = [0, 3]\n', "muon_renorm_every must be two whole numbers"),
-    ('extends = "hiverge94"\n[optimizer]\nmuon_ns_coefficients = [1.0, 2.0]\n', "must be three numbers"),
-    ('extends = "hiverge94"\n[loader]\ncontrast = 1.5\n', "loader.contrast in [0, 1)"),
-    ('extends = "final"\n[loader]\nbrightness = 0.1\n', 'loader.brightness = 0.1 has no effect with loader.backend = "dataloader"'),
-])
-def test_hiverges_keys_refuse_what_they_cannot_do(text, message, tmp_path):
-    from repro.errors import UserError
-    from repro.resnet.config import ConfigDirs
-
-    (tmp_path / "mine.toml").write_text(text)
-    with pytest.raises(UserError, match=re.escape(message)):
-        load_stage("mine", ConfigDirs((tmp_path,)))
-
-
 # ---- airbench96_faster: data filtering by a proxy net
 
 
@@ -339,11 +323,17 @@ def test_the_filtering_stage_trains_its_net_on_the_kept_images_only():
 
 
 @pytest.mark.parametrize("text, message", [
+    ('extends = "airbench94"\n[optimizer]\nmuon_batched = true\n', 'optimizer.muon_batched has no effect without optimizer.kind = "muon"'),
+    ('extends = "hiverge94"\n[optimizer]\nmuon_renorm_every = [0, 3]\n', "muon_renorm_every must be two whole numbers"),
+    ('extends = "hiverge94"\n[optimizer]\nmuon_ns_coefficients = [1.0, 2.0]\n', "must be three numbers"),
+    ('extends = "hiverge94"\n[loader]\ncontrast = 1.5\n', "loader.contrast in [0, 1)"),
+    ('extends = "final"\n[loader]\nbrightness = 0.1\n', 'loader.brightness = 0.1 has no effect with loader.backend = "dataloader"'),
     ('extends = "airbench96"\n[filter]\nkeep = 1.5\n', "filter.keep must be above 0 and at most 1"),
     ('extends = "airbench96"\n[filter]\nproxy_step_every = 2\n', "[filter] has no effect with filter.keep = 1"),
     ('extends = "airbench96_faster"\n[filter]\nproxy_net = { depth = 2 }\n', "unknown config key net.depth"),
 ])
-def test_the_filter_table_refuses_what_it_cannot_do(text, message, tmp_path):
+def test_the_later_records_keys_refuse_what_they_cannot_do(text, message, tmp_path):
+    """hiverge94's and airbench96_faster's keys: a mistake is one UserError naming the key."""
     from repro.errors import UserError
     from repro.resnet.config import ConfigDirs
 
@@ -366,3 +356,14 @@ def test_airbench96_faster_carries_its_source_and_the_records_code_values():
     full = load_preset("full")
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     assert (count(build_stage_net(stage, full)), count(build_proxy_net(stage, full))) == (9_918_776, 146_744)
+
+
+def test_data_filtering_is_refused_over_ranks_before_any_data():
+    from repro.errors import UserError
+    from repro.resnet.train import check_split_over_ranks
+
+    stage, preset = load_stage("airbench96_faster"), load_preset("smoke")
+    check_split_over_ranks(stage, preset, 1)
+    with pytest.raises(UserError, match=r"stage airbench96_faster: --ddp cannot spread data filtering"):
+        check_split_over_ranks(stage, preset, 2)
+    check_split_over_ranks(load_stage("airbench96"), preset, 2)  # the same stage without [filter] can
