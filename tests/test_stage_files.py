@@ -32,7 +32,7 @@ BROKEN = {
     "unknown EMA kind": ('extends = "ema"\n[ema]\nkind = "swa"\n',
                          "ema.kind must be one of none, eval_copy, lookahead, not 'swa'"),
     "unknown TTA": ('extends = "tta"\n[evaluation]\ntta = "crops"\n',
-                    "evaluation.tta must be one of none, flip, multiview, not 'crops'"),
+                    "evaluation.tta must be one of none, flip, multiview, multiview_mean, not 'crops'"),
     "unknown clock": ('extends = "tta"\n[source]\ntiming = "stopwatch"\n',
                       "source.timing must be one of blog, dawnbench, airbench, not 'stopwatch'"),
     "extends cycle": ('extends = "broken"\n', "'extends' forms a cycle"),
