@@ -461,6 +461,15 @@ class Run:
         return (epoch + 1) % self.settings.eval_every == 0 or epoch + 1 >= math.ceil(self.epochs)
 
 
+def _placed(net: nn.Module, stage: StageConfig, settings: TrainSettings, amp: Amp) -> tuple[nn.Module, str]:
+    """``net`` on the run's device, dtype and memory format, its BN cast as the stage says; and
+    what BN runs in (``cast_batch_norm``)."""
+    net = net.to(settings.device, amp.weights_dtype)
+    if settings.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net, cast_batch_norm(net, amp, stage.batch_norm.keep_fp32)
+
+
 def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, seed: int, settings: TrainSettings) -> Run:
     """The net, loader, whitening, optimiser and EMA of one run, and one untimed warm-up step.
 
@@ -476,16 +485,8 @@ def prepare(stage: StageConfig, preset: Preset, data: CifarArrays, seed: int, se
     net = build_stage_net(stage, preset)
     if ranks > 1:
         net = batch_norm_over_ranks(net, ranks)
-    net = net.to(device, amp.weights_dtype)
-    if settings.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    batch_norm_dtype = cast_batch_norm(net, amp, stage.batch_norm.keep_fp32)
-    proxy = None
-    if stage.filter.keep < 1:
-        proxy = build_proxy_net(stage, preset).to(device, amp.weights_dtype)
-        if settings.channels_last:
-            proxy = proxy.to(memory_format=torch.channels_last)
-        cast_batch_norm(proxy, amp, stage.batch_norm.keep_fp32)
+    net, batch_norm_dtype = _placed(net, stage, settings, amp)
+    proxy = _placed(build_proxy_net(stage, preset), stage, settings, amp)[0] if stage.filter.keep < 1 else None
 
     with timer.phase("preprocessing"):  # DAWNBench and airbench count data preparation and whitening
         train = make_train_loader(stage.loader, data.train_images, data.train_labels,
@@ -548,11 +549,11 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, step_in_epoch: int, s
     forward and backward, the loss into ``stats``, the step, the weight average. The LR."""
     opt_cfg, timer, ranks = run.stage.optimizer, run.timer, run.settings.shard.world_size
     schedule, epoch_now = run.stage.schedule, run.steps / run.steps_per_epoch
-    lr = schedule.lr_at(epoch_now, run.epochs)
-    set_lr(run.optimizer, lr, epoch_now, max(schedule.lrs))  # run epochs, as the bias freezing counts them
+    lr, peak = schedule.lr_at(epoch_now, run.epochs), max(schedule.lrs)
+    set_lr(run.optimizer, lr, epoch_now, peak)  # run epochs, as the bias freezing counts them
     if run.proxy_filter is not None:
         with timer.phase("filtering"):
-            set_lr(run.proxy_filter.optimizer, lr, epoch_now, max(schedule.lrs))
+            set_lr(run.proxy_filter.optimizer, lr, epoch_now, peak)
             keep = run.proxy_filter.select(x, y)
             x, y = x[keep], y[keep]
             if run.settings.channels_last:  # indexing gives NCHW back

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 
 from .common import COMPUTED, NA, NO, YES, Finding, fmt
 
 from repro.resnet.config import load_preset, load_stage
+from repro.resnet.ladder import fmt_mean_std
 from repro.resnet.records import LoggedRun, logged_runs
 
 FLOPS_TOLERANCE = 0.05  # the published counts have two or three significant figures
@@ -31,16 +33,9 @@ def _runs(ctx, stage: str) -> list[LoggedRun]:
             if r.stage == stage and r.preset == "full" and not r.synthetic and r.test_accuracy is not None]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
-
-
-def _summary(runs: list[LoggedRun], values: list[float], scale: float, unit: str) -> str:
-    mean, std = _mean_std(values)
+def _summary(runs: list[LoggedRun], values: list[float], scale: float, digits: int, unit: str) -> str:
     machines = sorted({r.hardware.get("gpu") or r.hardware.get("cpu") or "?" for r in runs})
-    return f"{fmt(mean * scale, 4)} ± {fmt(std * scale, 2)}{unit} (n = {len(values)}; {', '.join(machines)})"
+    return f"{fmt_mean_std(values, scale, digits, unit)} (n = {len(values)}; {', '.join(machines)})"
 
 
 def published_accuracy(claim, ctx) -> Finding:
@@ -54,7 +49,7 @@ def published_accuracy(claim, ctx) -> Finding:
     official = [r for r in runs if "official" in (r.data_source or "")]
     others = [r for r in runs if r not in official]
     label = "JPEG copy" if all("jpeg" in (r.data_source or "").lower() for r in others) else "other data"
-    shown = f"{label}: {_summary(others, [r.test_accuracy for r in others], 100, '%')}" if others else ""
+    shown = f"{label}: {_summary(others, [r.test_accuracy for r in others], 100, 2, '%')}" if others else ""
     if len(official) < 2:
         why = ("runs on other data (the JPEG q75 copy: 94% recipes reach about 90.6% there) are not comparable"
                if others else
@@ -62,10 +57,9 @@ def published_accuracy(claim, ctx) -> Finding:
         measured = shown or "no runs"
         return Finding(measured, NA, f"needs n >= 2 full-size runs on the official CIFAR-10; {why}", basis=COMPUTED)
     accuracies = [r.test_accuracy for r in official]
-    mean, std = _mean_std(accuracies)
-    below = stats.ttest_1samp(accuracies, source.accuracy, alternative="less").pvalue if std > 0 else float(
-        mean < source.accuracy)
-    return Finding(f"official: {_summary(official, accuracies, 100, '%')}, one-sided p(below) = {fmt(below, 2)}"
+    below = (stats.ttest_1samp(accuracies, source.accuracy, alternative="less").pvalue if statistics.stdev(accuracies)
+             else float(statistics.fmean(accuracies) < source.accuracy))
+    return Finding(f"official: {_summary(official, accuracies, 100, 2, '%')}, one-sided p(below) = {fmt(below, 2)}"
                    + (f"; {shown}" if shown else ""),
                    NO if below < 0.05 else YES, f"published {100 * source.accuracy:.2f}% over {source.runs} runs",
                    basis=COMPUTED)
@@ -83,13 +77,13 @@ def published_time(claim, ctx) -> Finding:
             group = [r for r in runs if r.compiled == compiled and source.timing in r.seconds_by_timing]
             if group:
                 seconds = [r.seconds_by_timing[source.timing] for r in group]
-                shown.append(("compiled " if compiled else "") + _summary(group, seconds, 1, " s"))
+                shown.append(("compiled " if compiled else "") + _summary(group, seconds, 1, 2, " s"))
         return Finding("; ".join(shown) or "no runs", NA,
                        f"no full-size run on an {source.hardware}; other machines' seconds are not comparable",
                        basis=COMPUTED)
     seconds = [r.seconds_by_timing[source.timing] for r in same_card]
-    mean, _ = _mean_std(seconds)
-    return Finding(_summary(same_card, seconds, 1, " s"), YES if mean <= source.seconds * TIME_SLACK else NO,
+    return Finding(_summary(same_card, seconds, 1, 2, " s"),
+                   YES if statistics.fmean(seconds) <= source.seconds * TIME_SLACK else NO,
                    f"published {source.seconds:g} s on an {source.hardware}; ✓ within {TIME_SLACK:.2f}x of it",
                    basis=COMPUTED)
 
