@@ -319,7 +319,8 @@ def test_the_filtering_stage_trains_its_net_on_the_kept_images_only():
     assert row.phases["filtering"] > 0
     proxy = run.proxy_filter.net
     assert [m.out_channels for m in proxy.modules() if isinstance(m, torch.nn.Conv2d)][1:] == [4, 4, 8, 8, 8, 8]
-    assert not proxy[0].bias.requires_grad and not proxy[0].bias.any()  # its whitening bias stays 0
+    assert not proxy[0].bias.requires_grad and not proxy[0].bias.any()  # its whitening bias stays 0 ...
+    assert all(p is not proxy[0].bias for g in run.proxy_filter.optimizer.param_groups for p in g["params"])  # unstepped
 
 
 @pytest.mark.parametrize("text, message", [

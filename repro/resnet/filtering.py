@@ -32,8 +32,13 @@ def kept_images(keep: float, batch: int) -> int:
 
 
 def build_proxy_net(stage: StageConfig, preset: Preset) -> nn.Module:
-    """The stage's net with ``[filter] proxy_net``'s keys changed, at the preset's width divisor."""
-    return build_stage_net(stage, preset, stage.filter.proxy_net)
+    """The stage's net with ``[filter] proxy_net``'s keys changed, at the preset's width divisor;
+    its whitening bias frozen."""
+    proxy = build_stage_net(stage, preset, stage.filter.proxy_net)
+    for layer in proxy.modules():  # its whitening bias stays at zero (fitting zeroes it), out of the optimiser
+        if isinstance(layer, PatchWhitening) and layer.bias is not None:
+            layer.bias.requires_grad_(False)
+    return proxy
 
 
 class ProxyFilter:
@@ -44,9 +49,6 @@ class ProxyFilter:
         self.net, self.optimizer, self.amp = net, optimizer, amp
         self.keep, self.step_every = filtering.keep, filtering.proxy_step_every
         self.label_smoothing, self.loss_reduction = label_smoothing, loss_reduction
-        for layer in net.modules():
-            if isinstance(layer, PatchWhitening) and layer.bias is not None:
-                layer.bias.requires_grad_(False)  # fitting zeroes it; it stays zero
         self.steps = 0
         net.train()
 
