@@ -3,11 +3,14 @@ accuracy, seconds on airbench's clock (whitening, training, the final TTA pass) 
 in one table.
 
     python scripts/anchor_side_by_side.py --cpu                     # airbench94's CPU port vs --stage airbench94
+    python scripts/anchor_side_by_side.py --cpu --stage hiverge94 --runs 3 --anchor-runs 1   # the CPU speed goal
     python scripts/anchor_side_by_side.py --limit 60 --runs 25      # on a GPU: every anchor and its stage
 
 The anchors (``../shared/anchors``, or ``--anchors DIR``) are other projects' scripts, run
 unmodified as measuring instruments: on a GPU from a scratch folder holding the data cache they
 read (written from ``--data`` first), on a CPU through the anchors' own port (``cpu_port.py``).
+On a CPU both sides train in one precision: bf16 where the CPU computes it natively (the port's
+autocast variant), else fp32 (that variant with its autocast turned off, written beside it).
 Each step runs under its time limit; a step that fails or runs out of time is reported, the
 runs it finished still count, and the rest goes on. The suite's records go to ``LOG_DIR``; the
 table is printed and written to ``LOG_DIR/side_by_side.md``, each step's output beside it.
@@ -29,7 +32,9 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(CHECKOUT))  # runs from a checkout without installing it
 
+from repro.devices import cpu_supports_bf16  # noqa: E402
 from repro.errors import UserError  # noqa: E402
+from repro.resnet.config import available_stages  # noqa: E402
 from repro.resnet.ladder import fmt_mean_std, fmt_p, one_sample_p, welch_p  # noqa: E402
 from repro.resnet.records import logged_runs  # noqa: E402
 from repro.runlog import read_records  # noqa: E402
@@ -54,7 +59,26 @@ PAIRS = {
     "airbench94_muon": Pair("airbench/airbench94_muon.py", "airbench94_muon"),
     "hiverge94": Pair("hiverge/cifar10_speedrun.py", "hiverge94", (), 2.0),  # it compiles, the suite's stage does not
 }
-CPU_PAIR = "airbench94_cpu"  # the port the anchors' cpu_port.py writes, beside --stage airbench94
+CPU_PAIR = "airbench94_cpu"  # the port the anchors' cpu_port.py writes, beside --stage (airbench94 by default)
+PORT_AUTOCAST = "airbench94_cpu_autocast.py"  # fp32 weights under bf16 autocast, as the suite trains in bf16
+PORT_FP32 = "airbench94_cpu_fp32.py"  # the same with autocast off: written here for CPUs without native bf16
+PORT_AUTOCAST_CALL = "torch.autocast('cpu', dtype=torch.bfloat16)"
+
+
+def write_fp32_port(work: Path) -> Path:
+    """The port's autocast variant with its two autocast blocks disabled (``enabled=False``), every
+    edited line marked ``# FP32-VARIANT``: on a CPU that emulates bf16 the port would otherwise run
+    at a hundredth of the fp32 rate, and the suite's ``auto`` trains in fp32 there."""
+    lines = (work / PORT_AUTOCAST).read_text().splitlines(keepends=True)
+    edited = [i for i, line in enumerate(lines) if PORT_AUTOCAST_CALL in line]
+    if len(edited) != 2:
+        raise UserError(f"{PORT_AUTOCAST}: expected 2 autocast blocks to turn off, found {len(edited)}")
+    for i in edited:
+        code = lines[i].rstrip("\n").split("  #", 1)[0]
+        lines[i] = code.replace(PORT_AUTOCAST_CALL, PORT_AUTOCAST_CALL[:-1] + ", enabled=False)") + \
+            "  # FP32-VARIANT: autocast off\n"
+    (work / PORT_FP32).write_text("".join(lines))
+    return work / PORT_FP32
 
 
 @dataclass(frozen=True)
@@ -169,14 +193,21 @@ def parse_args(argv):
     p.add_argument("--pairs", default=",".join(PAIRS),
                    help=f"which anchors, comma-separated (default all: {', '.join(PAIRS)}); ignored with --cpu")
     p.add_argument("--cpu", action="store_true",
-                   help="airbench94's CPU port (the anchors' cpu_port.py, bf16 autocast) beside --stage airbench94 "
-                        "--device cpu --precision bf16")
+                   help="airbench94's CPU port (the anchors' cpu_port.py) beside the suite's --stage on the CPU")
+    p.add_argument("--stage", default="airbench94",
+                   help="with --cpu: the suite's stage beside the port (default airbench94; hiverge94, the "
+                        "suite's fastest 94%% recipe, for the speed goal)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="with --cpu: both sides' arithmetic (default auto: bf16 where this CPU computes it "
+                        "natively, else fp32, the port's autocast turned off)")
     p.add_argument("--anchors", default=str(CHECKOUT.parent / "shared" / "anchors"),
                    help="the anchors folder (default: ../shared/anchors beside the checkout)")
     p.add_argument("--data", default=str(CHECKOUT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"),
                    help="the CIFAR-10 JPEG archive both sides train on (default: ../shared/data/cifar10-jpeg.tar.gz)")
     p.add_argument("--runs", type=int, default=None,
                    help="runs per side (default: 25 on a GPU, as many as the limit allows; 1 with --cpu)")
+    p.add_argument("--anchor-runs", type=int, default=None,
+                   help="with --cpu: the port's runs, when they differ from the suite's --runs")
     p.add_argument("--limit", type=float, default=None,
                    help="seconds per step, each side of each pair (default: 150 on a GPU, 3600 with --cpu)")
     p.add_argument("--target", type=float, default=0.905,
@@ -189,10 +220,16 @@ def parse_args(argv):
     unknown = [name for name in pairs if name not in PAIRS and name != CPU_PAIR]
     if unknown:
         raise UserError(f"unknown pair {unknown[0]!r}; valid: {', '.join(PAIRS)}")
-    if (args.runs is not None and args.runs < 1) or (args.limit is not None and args.limit <= 0):
-        raise UserError("--runs must be at least 1 and --limit above 0")
+    if any(n is not None and n < 1 for n in (args.runs, args.anchor_runs)) or \
+            (args.limit is not None and args.limit <= 0):
+        raise UserError("--runs and --anchor-runs must be at least 1 and --limit above 0")
+    if args.cpu and args.stage not in available_stages():
+        raise UserError(f"--stage: no stage {args.stage!r}; see python -m repro.resnet --list")
+    if args.precision == "auto":
+        args.precision = "bf16" if cpu_supports_bf16() else "fp32"
     args.pairs = pairs
     args.runs = args.runs or (1 if args.cpu else 25)
+    args.anchor_runs = args.anchor_runs or args.runs
     args.limit = args.limit or (3600.0 if args.cpu else 150.0)
     return args
 
@@ -217,27 +254,34 @@ def main(argv=None) -> int:
     if args.cpu:
         ok &= run_step("the CPU port of airbench94, written", [py, str(anchors / "cpu_port.py")], 120,
                        log_dir / "port.txt", cwd=work, env=env)
+        if ok and args.precision == "fp32":
+            try:
+                print(f"== the port's fp32 variant, written: {write_fp32_port(work).name}", flush=True)
+            except UserError as exc:
+                print(f"!! {exc}", flush=True)
+                ok = False
     else:
         ok &= run_step("the anchors' data cache", [py, str(anchors / "cifar10_pt_from_jpeg.py"), str(data), "cifar10"],
                        300, log_dir / "data-cache.txt", cwd=work, env=env)
     for name in args.pairs:
-        # the port's autocast variant trains under bf16 autocast, as the suite does where bf16 is native
-        pair = PAIRS.get(name, Pair("airbench94_cpu_autocast.py", "airbench94", ("--device", "cpu", "--precision", "bf16")))
+        port = PORT_AUTOCAST if args.precision == "bf16" else PORT_FP32
+        pair = PAIRS.get(name, Pair(port, args.stage, ("--device", "cpu", "--precision", args.precision)))
+        label = f"{name} ({args.precision}) vs {args.stage}" if args.cpu else name
         if args.cpu:
-            command = [py, str(work / pair.script), "--runs", str(args.runs)]
+            command = [py, str(work / pair.script), "--runs", str(args.anchor_runs)]
             env_anchor = {**env, "JPEG_TAR": str(data), "PORT_DIR": str(work)}
         else:
             command, env_anchor = [py, str(anchors / pair.script)], env
         ok &= run_step(f"{name}: the anchor", command, args.limit * pair.anchor_limit, log_dir / f"anchor-{name}.txt",
                        cwd=work, env=env_anchor)
-        rows.append((name, "anchor", [(r.accuracy, r.seconds)
+        rows.append((label, "anchor", [(r.accuracy, r.seconds)
                                       for r in parse_anchor_output((log_dir / f"anchor-{name}.txt").read_text())]))
         suite_log = log_dir / f"suite-{name}"
         ok &= run_step(f"{name}: the suite's {pair.stage}",
                        [py, "-m", "repro.resnet", "--stage", pair.stage, "--preset", "full", "--runs", str(args.runs),
                         "--data", str(data), "--log-dir", str(suite_log), "--quiet", *pair.suite_options],
                        args.limit * pair.suite_limit, log_dir / f"suite-{name}.txt", cwd=CHECKOUT, env=env)
-        rows.append((name, "suite", suite_runs(suite_log)))
+        rows.append((label, "suite", suite_runs(suite_log)))
     lines = table(rows, args.target)
     (log_dir / "side_by_side.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

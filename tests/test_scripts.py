@@ -205,10 +205,95 @@ elif args[0].endswith("cifar10_speedrun.py"):
     assert rows[("hiverge94", "anchor")][0] == "0" and rows[("hiverge94", "suite")][:2] == ["2", "94.10 ± 0.14%"]
 
 
-@pytest.mark.parametrize("argv, message", [(["--pairs", "airbench99"], "unknown pair 'airbench99'; valid: airbench94"),
-                                           (["--runs", "0"], "--runs must be at least 1 and --limit above 0")])
+@pytest.mark.parametrize("argv, message", [
+    (["--pairs", "airbench99"], "unknown pair 'airbench99'; valid: airbench94"),
+    (["--runs", "0"], "--runs and --anchor-runs must be at least 1 and --limit above 0"),
+    (["--cpu", "--anchor-runs", "0"], "--runs and --anchor-runs must be at least 1 and --limit above 0"),
+    (["--cpu", "--stage", "airbench99"], "--stage: no stage 'airbench99'; see python -m repro.resnet --list")])
 def test_side_by_side_bad_input_is_one_line(argv, message, tmp_path, capsys):
     assert load_script("anchor_side_by_side").main([*argv, "--log-dir", str(tmp_path / "logs")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
     assert not (tmp_path / "logs").exists()
+
+
+CPU_PORT = Path(__file__).resolve().parents[1].parent / "shared" / "anchors" / "cpu_port.py"
+
+
+@pytest.mark.skipif(not CPU_PORT.exists(), reason="../shared/anchors/cpu_port.py not present")
+def test_the_ports_fp32_variant_turns_off_exactly_its_two_autocast_blocks(tmp_path):
+    """On a CPU without native bf16 the port's autocast would run at the emulated rate; the fp32
+    variant differs from the autocast variant in those two lines only, each marked and disabled."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(CPU_PORT)], cwd=tmp_path, check=True, capture_output=True)
+    fp32 = load_script("anchor_side_by_side").write_fp32_port(tmp_path)
+    before = (tmp_path / "airbench94_cpu_autocast.py").read_text().splitlines()
+    after = fp32.read_text().splitlines()
+    changed = [(old, new) for old, new in zip(before, after) if old != new]
+    assert len(before) == len(after) and len(changed) == 2
+    for old, new in changed:
+        assert "dtype=torch.bfloat16)" in old and "dtype=torch.bfloat16, enabled=False)" in new
+        assert new.endswith("# FP32-VARIANT: autocast off")
+    compile(fp32.read_text(), str(fp32), "exec")  # still Python
+
+
+def test_the_fp32_variant_refuses_a_port_it_does_not_recognise(tmp_path):
+    from repro.errors import UserError
+
+    (tmp_path / "airbench94_cpu_autocast.py").write_text("with torch.autocast('cpu', dtype=torch.bfloat16):\n")
+    with pytest.raises(UserError, match="expected 2 autocast blocks to turn off, found 1"):
+        load_script("anchor_side_by_side").write_fp32_port(tmp_path)
+
+
+def test_side_by_side_on_a_cpu_runs_the_fp32_port_beside_the_chosen_stage(tmp_path, capsys):
+    """--cpu --precision fp32 --stage hiverge94: the stand-in interpreter writes a port with two
+    autocast blocks, prints the port's captured console for the fp32 variant only, and records two
+    suite runs; each side gets its own number of runs and the suite trains in the same precision."""
+    import shutil
+    import sys
+
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    (anchors / "cpu_port.py").write_text("")
+    shutil.copy(ANCHOR_OUTPUT / "airbench94_cpu_port.txt", anchors / "out.txt")
+    data = tmp_path / "cifar10-jpeg.tar.gz"
+    data.write_text("")
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!{sys.executable}
+import json, pathlib, sys
+args = sys.argv[1:]
+with open({str(calls)!r}, "a") as f:
+    f.write(" ".join(pathlib.Path(a).name if a.endswith(".py") else a for a in args) + "\\n")
+if args[0] == "-m":
+    log = pathlib.Path(args[args.index("--log-dir") + 1]); log.mkdir(parents=True)
+    with open(log / "runs.jsonl", "w") as f:
+        for acc, secs in ((0.9050, 60.0), (0.9070, 80.0)):
+            f.write(json.dumps({{"experiment": "resnet", "stage": "hiverge94", "status": "ok", "total_seconds": 99.0,
+                                "test_accuracy": acc, "seconds_by_timing": {{"airbench": secs}}}}) + "\\n")
+elif args[0].endswith("cpu_port.py"):
+    pathlib.Path("airbench94_cpu_autocast.py").write_text(
+        "with torch.autocast('cpu', dtype=torch.bfloat16):  # AUTOCAST-VARIANT\\n" * 2)
+elif args[0].endswith("airbench94_cpu_fp32.py"):
+    print(open({str(anchors / "out.txt")!r}).read())
+else:
+    sys.exit(5)
+""")
+    fake.chmod(0o755)
+    code = load_script("anchor_side_by_side").main(
+        ["--cpu", "--precision", "fp32", "--stage", "hiverge94", "--runs", "2", "--anchor-runs", "1",
+         "--anchors", str(anchors), "--data", str(data), "--python", str(fake), "--log-dir", str(tmp_path / "logs")])
+    assert code == 0, capsys.readouterr().out
+    port_call, anchor_call, suite_call = calls.read_text().splitlines()
+    assert port_call == "cpu_port.py" and anchor_call == "airbench94_cpu_fp32.py --runs 1"
+    assert " --stage hiverge94 --preset full --runs 2 " in suite_call
+    assert suite_call.endswith("--device cpu --precision fp32")
+    rows = [[c.strip() for c in line.split("|")[1:-1]]
+            for line in (tmp_path / "logs" / "side_by_side.md").read_text().splitlines()[2:]]
+    assert [r[:3] for r in rows] == [["airbench94_cpu (fp32) vs hiverge94", "anchor", "1"],
+                                     ["airbench94_cpu (fp32) vs hiverge94", "suite", "2"]]
+    assert rows[0][3:5] == ["17.19%", "110.17"]
+    assert float(rows[1][5]) == pytest.approx(70.0 / 110.17, abs=5e-4)  # suite ÷ the port's seconds
+
