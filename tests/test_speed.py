@@ -122,6 +122,36 @@ def test_fused_sgd_is_the_same_update_as_torchs_loop():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("overflow_step", [0, 2])
+def test_a_scaler_skipped_overflow_leaves_fused_sgd_as_torchs_loop(overflow_step):
+    """fp16's GradScaler skips a step whose scaled gradients overflowed, routinely the first (its scale
+    starts at 2^16). Plain torch fused SGD then keeps the momentum buffers it made with empty_like and the
+    weights blow up a step later; the suite's fused SGD must skip it as torch's loop does: the weights
+    unchanged by the skipped step, and every step after it the loop's update."""
+    stage = load_stage("airbench94")
+    net = build_stage_net(stage, load_preset("smoke"))
+    x, y = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
+    after = {}
+    for implementation in ("default", "fused"):
+        copy_ = copy.deepcopy(net)
+        amp = Amp(CPU, "fp16")
+        opt = make_optimizer(copy_, stage.optimizer, 16, implementation=implementation)
+        for group in opt.param_groups:
+            group["lr"] = 0.1 * group["lr_scale"]
+        for step in range(4):
+            before = [p.detach().clone() for p in copy_.parameters()]
+            loss = loss_fn(copy_(x), y, stage.optimizer) * (float("inf") if step == overflow_step else 1.0)
+            amp.backward(loss)
+            amp.step(opt)
+            opt.zero_grad()
+            if step == overflow_step:
+                assert all(torch.equal(a, b) for a, b in zip(before, copy_.parameters()))
+        after[implementation] = [p.detach() for p in copy_.parameters()]
+    for a, b in zip(after["default"], after["fused"]):
+        assert torch.isfinite(b).all()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(compiler_missing(CPU) is not None, reason="torch.compile needs a C++ compiler")
 def test_a_compiled_step_gives_the_eager_loss_and_gradients():

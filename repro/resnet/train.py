@@ -165,6 +165,14 @@ def make_optimizer(net: nn.Module, opt: OptimizerSection, batch_size: int, *, im
         sgd = torch.optim.SGD(groups, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov, **flags)
     except RuntimeError:  # "fused=True requires all the params to be floating point Tensors of supported devices"
         sgd = torch.optim.SGD(groups, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov)
+    if sgd.defaults["fused"] and opt.momentum:
+        # Fused SGD makes its momentum buffers with empty_like and fills them on its first step. When a
+        # GradScaler skips that step (an fp16 overflow, routine at the scaler's first scale) they stay
+        # uninitialised and the next step blows the weights up (torch 2.14; the other implementations skip
+        # cleanly). Zero buffers give the same first step: momentum * 0 + grad = grad, the buffer torch starts from.
+        for group in sgd.param_groups:
+            for param in group["params"]:
+                sgd.state[param]["momentum_buffer"] = torch.zeros_like(param)
     if not filters:
         return sgd
     muon = FilterMuon(filters, lr=0.0, momentum=opt.muon_momentum, ns_steps=opt.muon_ns_steps,
