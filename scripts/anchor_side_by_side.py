@@ -13,7 +13,8 @@ On a CPU both sides train in one precision: bf16 where the CPU computes it nativ
 autocast variant), else fp32 (that variant with its autocast turned off, written beside it).
 Each step runs under its time limit; a step that fails or runs out of time is reported, the
 runs it finished still count, and the rest goes on. The suite's records go to ``LOG_DIR``; the
-table is printed and written to ``LOG_DIR/side_by_side.md``, each step's output beside it.
+table is printed and written to ``LOG_DIR/side_by_side.md``, each step's output beside it;
+``--table-only`` rebuilds it from there after runs were added.
 Exit status: 0, or 1 when a step failed.
 """
 
@@ -215,6 +216,9 @@ def parse_args(argv):
                         "90.7%%; 0.94 on the official images)")
     p.add_argument("--python", default=sys.executable, help="the interpreter both sides run with")
     p.add_argument("--log-dir", default=None, help="default logs/side-by-side-<UTC date and time>")
+    p.add_argument("--table-only", action="store_true",
+                   help="run nothing: rebuild the table from --log-dir's outputs and records (after runs were "
+                        "added there, e.g. python -m repro.resnet ... --seed 2 --log-dir LOG_DIR/suite-NAME)")
     args = p.parse_args(argv)
     pairs = [CPU_PAIR] if args.cpu else [name.strip() for name in args.pairs.split(",") if name.strip()]
     unknown = [name for name in pairs if name not in PAIRS and name != CPU_PAIR]
@@ -223,6 +227,8 @@ def parse_args(argv):
     if any(n is not None and n < 1 for n in (args.runs, args.anchor_runs)) or \
             (args.limit is not None and args.limit <= 0):
         raise UserError("--runs and --anchor-runs must be at least 1 and --limit above 0")
+    if args.table_only and not (args.log_dir and Path(args.log_dir).is_dir()):
+        raise UserError("--table-only needs --log-dir, an existing folder of an earlier side-by-side run")
     if args.cpu and args.stage not in available_stages():
         raise UserError(f"--stage: no stage {args.stage!r}; see python -m repro.resnet --list")
     if args.precision == "auto":
@@ -242,16 +248,18 @@ def main(argv=None) -> int:
         return 2
     anchors, data = Path(args.anchors).resolve(), Path(args.data).resolve()
     for path, what in ((anchors / "cpu_port.py", "--anchors"), (data, "--data")):
-        if not path.exists():
+        if not path.exists() and not args.table_only:
             print(f"error: {what}: {path} does not exist", file=sys.stderr)
             return 2
     log_dir = Path(args.log_dir or f"logs/side-by-side-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}").resolve()
     work = log_dir / "anchor-run"  # the anchors write their data cache and logs/ here
-    work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
         filter(None, (str(CHECKOUT), os.environ.get("PYTHONPATH"))))}
     py, ok, rows = args.python, True, []
-    if args.cpu:
+    if args.table_only:
+        print(f"== the table rebuilt from {log_dir}, nothing run", flush=True)
+    elif args.cpu:  # the port's files go where it runs
+        work.mkdir(parents=True, exist_ok=True)
         ok &= run_step("the CPU port of airbench94, written", [py, str(anchors / "cpu_port.py")], 120,
                        log_dir / "port.txt", cwd=work, env=env)
         if ok and args.precision == "fp32":
@@ -261,26 +269,29 @@ def main(argv=None) -> int:
                 print(f"!! {exc}", flush=True)
                 ok = False
     else:
+        work.mkdir(parents=True, exist_ok=True)
         ok &= run_step("the anchors' data cache", [py, str(anchors / "cifar10_pt_from_jpeg.py"), str(data), "cifar10"],
                        300, log_dir / "data-cache.txt", cwd=work, env=env)
     for name in args.pairs:
         port = PORT_AUTOCAST if args.precision == "bf16" else PORT_FP32
         pair = PAIRS.get(name, Pair(port, args.stage, ("--device", "cpu", "--precision", args.precision)))
         label = f"{name} ({args.precision}) vs {args.stage}" if args.cpu else name
-        if args.cpu:
-            command = [py, str(work / pair.script), "--runs", str(args.anchor_runs)]
-            env_anchor = {**env, "JPEG_TAR": str(data), "PORT_DIR": str(work)}
-        else:
-            command, env_anchor = [py, str(anchors / pair.script)], env
-        ok &= run_step(f"{name}: the anchor", command, args.limit * pair.anchor_limit, log_dir / f"anchor-{name}.txt",
-                       cwd=work, env=env_anchor)
-        rows.append((label, "anchor", [(r.accuracy, r.seconds)
-                                      for r in parse_anchor_output((log_dir / f"anchor-{name}.txt").read_text())]))
-        suite_log = log_dir / f"suite-{name}"
-        ok &= run_step(f"{name}: the suite's {pair.stage}",
-                       [py, "-m", "repro.resnet", "--stage", pair.stage, "--preset", "full", "--runs", str(args.runs),
-                        "--data", str(data), "--log-dir", str(suite_log), "--quiet", *pair.suite_options],
-                       args.limit * pair.suite_limit, log_dir / f"suite-{name}.txt", cwd=CHECKOUT, env=env)
+        anchor_out, suite_log = log_dir / f"anchor-{name}.txt", log_dir / f"suite-{name}"
+        if not args.table_only:
+            if args.cpu:
+                command = [py, str(work / pair.script), "--runs", str(args.anchor_runs)]
+                env_anchor = {**env, "JPEG_TAR": str(data), "PORT_DIR": str(work)}
+            else:
+                command, env_anchor = [py, str(anchors / pair.script)], env
+            ok &= run_step(f"{name}: the anchor", command, args.limit * pair.anchor_limit, anchor_out,
+                           cwd=work, env=env_anchor)
+            ok &= run_step(f"{name}: the suite's {pair.stage}",
+                           [py, "-m", "repro.resnet", "--stage", pair.stage, "--preset", "full", "--runs",
+                            str(args.runs), "--data", str(data), "--log-dir", str(suite_log), "--quiet",
+                            *pair.suite_options],
+                           args.limit * pair.suite_limit, log_dir / f"suite-{name}.txt", cwd=CHECKOUT, env=env)
+        anchor_runs = parse_anchor_output(anchor_out.read_text()) if anchor_out.exists() else []
+        rows.append((label, "anchor", [(r.accuracy, r.seconds) for r in anchor_runs]))
         rows.append((label, "suite", suite_runs(suite_log)))
     lines = table(rows, args.target)
     (log_dir / "side_by_side.md").write_text("\n".join(lines) + "\n")

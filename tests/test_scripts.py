@@ -3,6 +3,7 @@ where stages, presets and data come from: a user's preset directory works there 
 one line with exit status 2."""
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -209,7 +210,8 @@ elif args[0].endswith("cifar10_speedrun.py"):
     (["--pairs", "airbench99"], "unknown pair 'airbench99'; valid: airbench94"),
     (["--runs", "0"], "--runs and --anchor-runs must be at least 1 and --limit above 0"),
     (["--cpu", "--anchor-runs", "0"], "--runs and --anchor-runs must be at least 1 and --limit above 0"),
-    (["--cpu", "--stage", "airbench99"], "--stage: no stage 'airbench99'; see python -m repro.resnet --list")])
+    (["--cpu", "--stage", "airbench99"], "--stage: no stage 'airbench99'; see python -m repro.resnet --list"),
+    (["--cpu", "--table-only"], "--table-only needs --log-dir, an existing folder of an earlier side-by-side run")])
 def test_side_by_side_bad_input_is_one_line(argv, message, tmp_path, capsys):
     assert load_script("anchor_side_by_side").main([*argv, "--log-dir", str(tmp_path / "logs")]) == 2
     err = capsys.readouterr().err
@@ -296,4 +298,18 @@ else:
                                      ["airbench94_cpu (fp32) vs hiverge94", "suite", "2"]]
     assert rows[0][3:5] == ["17.19%", "110.17"]
     assert float(rows[1][5]) == pytest.approx(70.0 / 110.17, abs=5e-4)  # suite ÷ the port's seconds
+
+    # a third suite run added by hand (another seed), then the table rebuilt without running anything
+    with open(tmp_path / "logs" / "suite-airbench94_cpu" / "runs.jsonl", "a") as f:
+        f.write(json.dumps({"experiment": "resnet", "stage": "hiverge94", "status": "ok", "total_seconds": 99.0,
+                            "test_accuracy": 0.9060, "seconds_by_timing": {"airbench": 90.0}}) + "\n")
+    code = load_script("anchor_side_by_side").main(
+        ["--cpu", "--precision", "fp32", "--stage", "hiverge94", "--table-only", "--log-dir", str(tmp_path / "logs"),
+         "--anchors", str(tmp_path / "nowhere"), "--data", str(tmp_path / "nothing.tar.gz")])
+    assert code == 0 and len(calls.read_text().splitlines()) == 3  # nothing ran
+    rows = [[c.strip() for c in line.split("|")[1:-1]]
+            for line in (tmp_path / "logs" / "side_by_side.md").read_text().splitlines()[2:]]
+    assert rows[0][2:5] == ["1", "17.19%", "110.17"]
+    assert rows[1][2:4] == ["3", "90.60 ± 0.10%"]
+    assert float(rows[1][5]) == pytest.approx((60.0 + 80.0 + 90.0) / 3 / 110.17, abs=5e-4)
 
