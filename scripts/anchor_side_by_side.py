@@ -247,8 +247,9 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     anchors, data = Path(args.anchors).resolve(), Path(args.data).resolve()
-    for path, what in ((anchors / "cpu_port.py", "--anchors"), (data, "--data")):
-        if not path.exists() and not args.table_only:
+    needed = () if args.table_only else ((anchors / "cpu_port.py", "--anchors"), (data, "--data"))
+    for path, what in needed:
+        if not path.exists():
             print(f"error: {what}: {path} does not exist", file=sys.stderr)
             return 2
     log_dir = Path(args.log_dir or f"logs/side-by-side-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}").resolve()

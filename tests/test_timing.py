@@ -47,7 +47,8 @@ def _counting(monkeypatch) -> dict:
 
 def _run_with_losses(mode, stage="final", epochs=2, batch_size=32, precision="fp32"):
     # widths /16: what is counted (syncs, reads, the order of the steps) does not depend on width
-    preset = dataclasses.replace(load_preset("smoke"), epochs=epochs, train_images=256, test_images=64, width_divisor=16)
+    preset = dataclasses.replace(load_preset("smoke"), epochs=epochs, train_images=256, test_images=64,
+                                 width_divisor=16)
     st = dataclasses.replace(load_stage(stage), optimizer=dataclasses.replace(load_stage(stage).optimizer,
                                                                               batch_size=batch_size))
     return train(st, preset, DATA, 5, precision=precision, phase_timing=mode)

@@ -165,7 +165,7 @@ def make_optimizer(net: nn.Module, opt: OptimizerSection, batch_size: int, *, im
         sgd = torch.optim.SGD(groups, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov, **flags)
     except RuntimeError:  # "fused=True requires all the params to be floating point Tensors of supported devices"
         sgd = torch.optim.SGD(groups, lr=0.0, momentum=opt.momentum, nesterov=opt.nesterov)
-    if sgd.defaults["fused"] and opt.momentum:
+    if sgd.defaults.get("fused") and opt.momentum:  # "fused" is None unless asked for
         # Fused SGD makes its momentum buffers with empty_like and fills them on its first step. When a
         # GradScaler skips that step (an fp16 overflow, routine at the scaler's first scale) they stay
         # uninitialised and the next step blows the weights up (torch 2.14; the other implementations skip
